@@ -1,0 +1,234 @@
+"""HyperCUT ordering model: conformance with the reference fixture, the loss, the order rule, loading."""
+import math
+
+import pytest
+import torch
+
+from models.convention import REFERENCE_BGR_IMAGENET, RGB_UNIT
+from models.hypercut import (HyperCUT, Hyperplane, ResnetIm2Vec, build_hypercut, hypercut_loss, load_hypercut,
+                             order_decisions, ordering_stats, sequence_pairs)
+from utils.checkpoint import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def fixture(fixtures_dir):
+    return torch.load(fixtures_dir / "hypercut_reference_encoder.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def reference_model(fixture):
+    model = HyperCUT()
+    model.load_state_dict(fixture["state_dict"], strict=True)
+    return model.eval()
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_state_dict_keys_match_the_reference(fixture):
+    assert set(HyperCUT().state_dict()) == set(fixture["state_dict"])
+
+
+def test_reproduces_reference_embeddings_and_scores(fixture, reference_model):
+    with torch.no_grad():
+        emb, scores = reference_model.pair_scores_network(fixture["sharp_frames"])
+    assert emb.shape == (2, 6, 128) and scores.shape == (2, 6)
+    assert rel_err(emb, fixture["embeddings"]) < 1e-4
+    assert rel_err(scores, fixture["projections"]) < 1e-4
+    # the scores are the hyperplane applied to the embeddings, pair by pair
+    torch.testing.assert_close(reference_model.score(emb), scores)
+
+
+def test_rgb_api_matches_network_space(fixture, reference_model):
+    assert reference_model.input_convention == REFERENCE_BGR_IMAGENET
+    rgb = REFERENCE_BGR_IMAGENET.from_network(fixture["sharp_frames"])
+    with torch.no_grad():
+        emb, scores = reference_model.pair_scores(rgb)
+        emb_fwd, _ = reference_model(rgb)
+    assert rel_err(emb, fixture["embeddings"]) < 1e-4
+    assert rel_err(scores, fixture["projections"]) < 1e-4
+    torch.testing.assert_close(emb_fwd, emb)
+
+
+def test_single_pair_and_forward_only_pairs(fixture, reference_model):
+    x = fixture["sharp_frames"]
+    with torch.no_grad():
+        d = reference_model.embed_pair(x[:, 6], x[:, 0])  # dbar1 = f(g(x7, x1))
+        _, fwd = reference_model.pair_scores_network(x, include_reversed=False)
+    assert rel_err(d, fixture["embeddings"][:, 1]) < 1e-4
+    assert rel_err(fwd, fixture["projections"][:, 0::2]) < 1e-4
+
+
+def test_sequence_pairs_for_other_lengths():
+    assert sequence_pairs(7) == [(0, 6), (6, 0), (1, 5), (5, 1), (2, 4), (4, 2)]
+    assert sequence_pairs(9, include_reversed=False) == [(0, 8), (1, 7), (2, 6)]
+    assert sequence_pairs(6, include_reversed=False) == [(0, 5), (1, 4), (2, 3)]
+    with pytest.raises(ValueError, match="at least 6 frames"):
+        sequence_pairs(5)
+
+
+def test_hyperplane_seeded_and_never_trained():
+    expected = torch.rand(129, generator=torch.Generator().manual_seed(42)) * 2 - 1
+    state = torch.get_rng_state()
+    plane = Hyperplane(128)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is untouched
+    torch.testing.assert_close(plane.hyperplane.data, expected, rtol=0, atol=0)
+    assert plane.hyperplane.min() >= -1 and plane.hyperplane.max() <= 1
+
+    torch.manual_seed(0)
+    model = HyperCUT(out_dim=32, slope=0.2)
+    assert "hyperplane.hyperplane" in model.state_dict()
+    assert not model.hyperplane.hyperplane.requires_grad
+    before = model.hyperplane.hyperplane.detach().clone()
+    conv_before = model.f_func.model[1].weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _, scores = model(torch.rand(2, 7, 3, 40, 40))
+    hypercut_loss(scores)[0].backward()
+    opt.step()
+    assert torch.equal(model.hyperplane.hyperplane, before)
+    assert not torch.equal(model.f_func.model[1].weight, conv_before)
+
+
+def test_hyperplane_formula():
+    plane = Hyperplane(3)
+    plane.hyperplane.data = torch.tensor([1.0, -2.0, 0.5, 0.25])
+    d = torch.tensor([[1.0, 2.0, 4.0], [0.0, 1.0, 0.0]])
+    # h(d) = d . w[:3] + w[3] * sum(d)
+    expected = torch.tensor([1 - 4 + 2 + 0.25 * 7, -2 + 0.25])
+    torch.testing.assert_close(plane(d), expected)
+
+
+def test_hypercut_loss_by_hand():
+    scores = torch.tensor([[1.0, -2.0, 0.5, 0.5, -1.0, 3.0],
+                           [0.0, 1.0, 2.0, -1.0, 1.5, -0.5]])
+    sp = lambda x: math.log1p(math.exp(x))  # noqa: E731
+    diff, same = [], []
+    for u1, v1, u2, v2, u3, v3 in scores.tolist():
+        diff += [sp(u1 * v1), sp(u2 * v2), sp(u3 * v3)]
+        same += [sp(-u1 * u2), sp(-u2 * u3), sp(-u1 * u3)]
+    l_diff, l_same = sum(diff) / 6, sum(same) / 6
+    total, got_diff, got_same = hypercut_loss(scores)
+    assert got_diff.item() == pytest.approx(l_diff, rel=1e-6)
+    assert got_same.item() == pytest.approx(l_same, rel=1e-6)
+    assert total.item() == pytest.approx(0.5 * l_diff + 0.5 * l_same, rel=1e-6)
+    with pytest.raises(ValueError):
+        hypercut_loss(scores[:, :3])
+
+
+def test_order_decisions():
+    scores = torch.tensor([
+        [1.0, -1.0, 2.0, -2.0, 3.0, -3.0],   # all positive: keep
+        [-1.0, 1.0, -2.0, 2.0, -0.5, 1.0],   # u1 < 0, consistent: reverse
+        [-1.0, 1.0, 2.0, -2.0, -0.5, 1.0],   # u1 < 0, u2 disagrees: keep
+        [-1.0, 1.0, -2.0, 2.0, 0.5, 1.0],    # u1 < 0, u3 disagrees: keep
+        [1.0, -1.0, -2.0, 2.0, -3.0, 3.0],   # u1 > 0: keep whatever the rest say
+    ])
+    assert order_decisions(scores).tolist() == [False, True, False, False, False]
+    assert order_decisions(scores[:, 0::2]).tolist() == [False, True, False, False, False]
+    stats = ordering_stats(scores)
+    assert stats["hit1"].tolist() == [True] * 5
+    assert stats["hit3"].tolist() == [True, True, True, False, True]
+    assert stats["con2"].tolist() == [True, True, False, True, False]
+    assert stats["con3"].tolist() == [True, True, False, False, False]
+
+
+def test_slope_option_changes_output(fixture):
+    x = fixture["sharp_frames"][:1]
+    leaky = HyperCUT(slope=0.2)
+    leaky.load_state_dict(fixture["state_dict"], strict=True)
+    assert leaky.config["slope"] == 0.2
+    assert isinstance(leaky.f_func.model[2], torch.nn.LeakyReLU) and leaky.f_func.model[2].negative_slope == 0.2
+    with torch.no_grad():
+        emb, _ = leaky.pair_scores_network(x)
+    assert rel_err(emb, fixture["embeddings"][:1]) > 1e-3
+
+
+def test_resnet_im2vec_layout():
+    f = ResnetIm2Vec(out_dim=128)
+    convs = [m for m in f.model if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [
+        (6, 32), (32, 64), (64, 128), (128, 128), (128, 128), (128, 128)]
+    assert f(torch.rand(3, 6, 64, 64)).shape == (3, 128)
+
+
+def test_load_reference_state_dict_file(tmp_path, fixture):
+    path = tmp_path / "hypercut_released.pth"
+    torch.save(fixture["state_dict"], path)
+    model = load_hypercut(path)
+    assert model.input_convention == REFERENCE_BGR_IMAGENET
+    assert model.config == {"out_dim": 128, "f_func": "ResnetIm2Vec", "g_func": "Concat", "slope": 1.0}
+    assert not model.training
+    with torch.no_grad():
+        _, scores = model.pair_scores_network(fixture["sharp_frames"])
+    assert rel_err(scores, fixture["projections"]) < 1e-4
+
+
+def test_our_checkpoint_roundtrip(tmp_path):
+    torch.manual_seed(1)
+    model = build_hypercut({"out_dim": 64, "slope": 0.2}, input_convention=RGB_UNIT)
+    path = tmp_path / "0005.pth"
+    torch.save({"model": model.state_dict(), "epoch": 5, **model.checkpoint_fields()}, path)
+    loaded = load_hypercut(str(path))
+    assert loaded.config == model.config and loaded.input_convention == RGB_UNIT
+    x = torch.rand(1, 7, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[1], model.eval()(x)[1])
+
+
+def test_bad_checkpoints(tmp_path, fixture):
+    jin = tmp_path / "center_v3.pth"
+    torch.save({"state_dict_G": {"conv1.weight": torch.zeros(1)}}, jin)
+    with pytest.raises(CheckpointError, match=r"center_v3\.pth.*Jin"):
+        load_hypercut(jin)
+
+    missing = dict(fixture["state_dict"])
+    del missing["f_func.model.13.conv_block.4.bias"]
+    path = tmp_path / "missing.pth"
+    torch.save(missing, path)
+    with pytest.raises(CheckpointError, match=r"missing\.pth.*missing keys f_func\.model\.13\.conv_block\.4\.bias"):
+        load_hypercut(path)
+
+    path = tmp_path / "mismatch.pth"
+    torch.save({"model": fixture["state_dict"], "hypercut_config": {"out_dim": 64},
+                "input_convention": REFERENCE_BGR_IMAGENET.to_dict()}, path)
+    with pytest.raises(CheckpointError, match=r"mismatch\.pth.*out_dim mismatch.*64.*129"):
+        load_hypercut(path)
+
+    path = tmp_path / "shape.pth"
+    bad = dict(fixture["state_dict"])
+    bad["f_func.model.1.weight"] = torch.zeros(32, 3, 7, 7)
+    torch.save(bad, path)
+    with pytest.raises(CheckpointError, match=r"shape\.pth.*f_func\.model\.1\.weight"):
+        load_hypercut(path)
+
+    path = tmp_path / "blur2vid.pth"
+    torch.save({"model": {"net.conv.weight": torch.zeros(1)}, "input_convention": RGB_UNIT.to_dict()}, path)
+    with pytest.raises(CheckpointError, match=r"blur2vid\.pth.*hyperplane"):
+        load_hypercut(path)
+
+    path = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError, match=r"other\.pth.*not a HyperCUT checkpoint"):
+        load_hypercut(path)
+
+    with pytest.raises(CheckpointError, match="not found"):
+        load_hypercut(tmp_path / "nope.pth")
+    (tmp_path / "cut.pth").write_bytes(jin.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match=r"cut\.pth"):
+        load_hypercut(tmp_path / "cut.pth")
+
+
+def test_build_hypercut_rejects_unknown_names():
+    with pytest.raises(ValueError, match="f_func"):
+        build_hypercut({"f_func": "Nope"})
+    with pytest.raises(ValueError, match="unknown HyperCUT config keys"):
+        build_hypercut({"outdim": 128})
+
+
+def test_too_small_images_and_short_sequences_are_clear_errors():
+    model = HyperCUT(out_dim=32)
+    with pytest.raises(ValueError, match="at least 33 x 33"):
+        model(torch.rand(1, 7, 3, 32, 64))
+    with pytest.raises(ValueError, match="at least 6 frames"):
+        model(torch.rand(1, 5, 3, 40, 40))
