@@ -1,0 +1,246 @@
+"""metadata.json: read, validate, write (SPEC 2).
+
+A dataset root is the folder holding metadata.json; relative paths in it resolve against that folder
+(or against `data_root` when given). Every error a user can cause is raised here, before training
+starts, as one MetadataError line naming the entry id and the path.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from PIL import Image
+
+from utils.checkpoint import atomic_write_text
+
+ORDERS = ("ignore", "keep", "reverse", "random")
+PARTITIONS = ("train", "val", "test")
+METADATA_NAME = "metadata.json"
+
+
+class MetadataError(ValueError):
+    """A problem in a dataset's metadata or files; the message names the entry and the path."""
+
+
+@dataclass
+class Entry:
+    id: str
+    partition: str
+    order: str
+    blur_path: Path
+    frame_paths: list  # resolved paths of frames 1..frame_per_seq, as stored
+    bbox: object = None  # None, an inline [x0, y0, x1, y1(, score)] list, or a resolved Path to a pickle
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+def frame_key(k: int) -> str:
+    return f"frame{k:03d}_path"
+
+
+def metadata_file(path) -> Path:
+    """Accept either the dataset root or the metadata.json itself."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METADATA_NAME
+    return path
+
+
+def read_metadata(path) -> dict:
+    """Parse metadata.json and check its top-level structure."""
+    path = metadata_file(path)
+    if not path.is_file():
+        raise MetadataError(f"metadata file not found: {path} (pass the dataset root holding {METADATA_NAME})")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MetadataError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("data"), list):
+        raise MetadataError(f"{path}: expected an object with a 'data' list of entries")
+    fps = meta.get("frame_per_seq", 7)
+    if not isinstance(fps, int) or isinstance(fps, bool) or fps < 1:
+        raise MetadataError(f"{path}: 'frame_per_seq' must be a positive integer, got {fps!r}")
+    return meta
+
+
+def write_metadata(path, meta: dict) -> None:
+    """Write metadata.json atomically (temporary file, then rename)."""
+    atomic_write_text(metadata_file(path) if Path(path).is_dir() else Path(path),
+                      json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+
+
+def resolve_target_frames(target_frames: Sequence[int] | None, frame_per_seq: int) -> list:
+    if not target_frames:
+        return list(range(1, frame_per_seq + 1))
+    frames = [int(k) for k in target_frames]
+    bad = [k for k in frames if not 1 <= k <= frame_per_seq]
+    if bad:
+        raise MetadataError(f"--target_frames {bad} out of range: this dataset has frames 1..{frame_per_seq}")
+    return frames
+
+
+def _resolve(root: Path, p: str) -> Path:
+    p = Path(p)
+    return p if p.is_absolute() else root / p
+
+
+def _entry_id(raw: dict, index: int) -> str:
+    return str(raw.get("id", f"#{index}"))
+
+
+def parse_entries(meta: dict, root, target_frames: Sequence[int] | None = None,
+                  splits: Iterable[str] | None = None, source: str = METADATA_NAME) -> list:
+    """Turn raw entries into Entry objects (no file access). Structural errors raise MetadataError."""
+    root = Path(root)
+    fps = meta.get("frame_per_seq", 7)
+    resolve_target_frames(target_frames, fps)  # range check only; datasets pick the frames
+    wanted = set(splits) if splits is not None else None
+    out = []
+    for i, raw in enumerate(meta["data"]):
+        if not isinstance(raw, dict):
+            raise MetadataError(f"{source}: entry #{i} is not an object")
+        eid = _entry_id(raw, i)
+        part = raw.get("partition")
+        if part not in PARTITIONS:
+            raise MetadataError(f"{source}: entry {eid}: partition {part!r} is not one of {', '.join(PARTITIONS)}")
+        order = raw.get("order", "ignore")
+        if order not in ORDERS:
+            raise MetadataError(f"{source}: entry {eid}: order {order!r} is not one of {', '.join(ORDERS)}")
+        if wanted is not None and part not in wanted:
+            continue
+        if not isinstance(raw.get("blur_path"), str):
+            raise MetadataError(f"{source}: entry {eid}: missing 'blur_path'")
+        paths = []
+        for k in range(1, fps + 1):
+            key = frame_key(k)
+            if not isinstance(raw.get(key), str):
+                raise MetadataError(f"{source}: entry {eid}: missing '{key}' (frame_per_seq is {fps})")
+            paths.append(_resolve(root, raw[key]))
+        bbox = raw.get("bbox")
+        if bbox is not None:
+            if isinstance(bbox, str):
+                bbox = _resolve(root, bbox)
+            elif not (isinstance(bbox, (list, tuple)) and len(bbox) in (4, 5)
+                      and all(isinstance(v, (int, float)) for v in bbox)):
+                raise MetadataError(f"{source}: entry {eid}: 'bbox' must be a path to a pickle or a list "
+                                    f"[x_min, y_min, x_max, y_max(, score)], got {bbox!r}")
+        out.append(Entry(eid, part, order, _resolve(root, raw["blur_path"]), paths, bbox, raw))
+    return out
+
+
+def _image_size(path: Path, eid: str):
+    try:
+        with Image.open(path) as im:
+            return im.size  # (W, H), read from the header only
+    except FileNotFoundError:
+        raise MetadataError(f"entry {eid}: file not found: {path}") from None
+    except Exception as e:
+        raise MetadataError(f"entry {eid}: cannot read image {path}: {e}") from None
+
+
+def check_files(entries: Sequence[Entry], progress: bool = False) -> None:
+    """Every file exists, is an image, and all frames of a sequence have the blurry image's size."""
+    iterator = entries
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(entries, desc="checking files", unit="seq", leave=False, disable=None)
+    for e in iterator:
+        if not e.blur_path.is_file():
+            raise MetadataError(f"entry {e.id}: file not found: {e.blur_path}")
+        size = _image_size(e.blur_path, e.id)
+        for p in e.frame_paths:
+            if not p.is_file():
+                raise MetadataError(f"entry {e.id}: file not found: {p}")
+            s = _image_size(p, e.id)
+            if s != size:
+                raise MetadataError(f"entry {e.id}: frame {p} is {s[0]}x{s[1]} but the blurry image "
+                                    f"{e.blur_path} is {size[0]}x{size[1]} (W x H); all must match")
+        if isinstance(e.bbox, Path):
+            read_bbox(e.bbox, e.id)
+
+
+def load_split(metadata_root, split: str, target_frames: Sequence[int] | None = None,
+               data_root=None, check: bool = True, progress: bool = False):
+    """Read metadata.json and return (meta, entries of `split`), validated.
+
+    metadata_root: the dataset root (or the metadata.json path). data_root overrides the folder
+    relative paths resolve against.
+    """
+    if split not in PARTITIONS:
+        raise MetadataError(f"unknown split {split!r}: use one of {', '.join(PARTITIONS)}")
+    path = metadata_file(metadata_root)
+    meta = read_metadata(path)
+    root = Path(data_root) if data_root is not None else path.parent
+    entries = parse_entries(meta, root, target_frames, splits=[split], source=str(path))
+    if not entries:
+        raise MetadataError(f"{path}: the '{split}' split is empty")
+    if check:
+        check_files(entries, progress=progress)
+    return meta, entries
+
+
+# --- B-AIST++ boxes ---------------------------------------------------------------------------------
+
+class _BoxUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers, numbers, and numpy arrays/scalars: what a box needs.
+
+    Anything else (a class that could run code while loading) is refused.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("builtins", "list"), ("builtins", "tuple"), ("builtins", "dict"), ("builtins", "float"),
+        ("builtins", "int"), ("collections", "OrderedDict"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def read_bbox(path: Path, eid: str = "?") -> list:
+    """[x_min, y_min, x_max, y_max] from a B-AIST++ box pickle ({"bbox": [...]}), safely."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise MetadataError(f"entry {eid}: bbox file not found: {path}") from None
+    try:
+        obj = _BoxUnpickler(io.BytesIO(data)).load()
+    except Exception as e:
+        raise MetadataError(f"entry {eid}: cannot read bbox pickle {path}: {e}") from None
+    box = obj.get("bbox") if isinstance(obj, dict) else obj
+    try:
+        values = [float(v) for v in list(box)[:4]]
+    except Exception:
+        values = []
+    if len(values) != 4 or not (values[2] > values[0] and values[3] > values[1]):
+        raise MetadataError(f"entry {eid}: {path} holds no valid box [x_min, y_min, x_max, y_max]: {box!r}")
+    return values
+
+
+def entry_bbox(entry: Entry):
+    if entry.bbox is None:
+        return None
+    if isinstance(entry.bbox, Path):
+        return read_bbox(entry.bbox, entry.id)
+    values = [float(v) for v in entry.bbox[:4]]
+    if not (values[2] > values[0] and values[3] > values[1]):
+        raise MetadataError(f"entry {entry.id}: bbox {entry.bbox} has x_max <= x_min or y_max <= y_min")
+    return values
+
+
+def with_orders(meta: dict, orders: dict) -> dict:
+    """A copy of meta where entry i's order is orders[i] (index -> str); everything else untouched."""
+    out = copy.deepcopy(meta)
+    for i, order in orders.items():
+        if order not in ORDERS:
+            raise ValueError(f"order {order!r} is not one of {ORDERS}")
+        out["data"][i]["order"] = order
+    return out
