@@ -8,7 +8,8 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets.metadata import Entry, MetadataError, entry_bbox, load_split, resolve_target_frames
-from datasets.transforms import AugmentConfig, ImageReadError, augment_stack, crop_to_box, read_image
+from datasets.transforms import (AugmentConfig, ImageReadError, apply_augment, augment_stack, crop_to_box,
+                                 decode_image_file, draw_augment, source_window, to_float_stack)
 
 BOX_SIZE_TRAIN = (192, 192)
 BOX_SIZE_EVAL = (192, 160)
@@ -66,31 +67,39 @@ class Blur2VidDataset(Dataset):
             return [e.frame_paths[n - k] for k in self.target_frames]
         return [e.frame_paths[k - 1] for k in self.target_frames]
 
-    def _read(self, entry: Entry, path):
+    def _decode(self, entry: Entry, path):
         try:
-            return read_image(path)
+            return decode_image_file(path)
         except ImageReadError as err:
             raise MetadataError(f"entry {entry.id}: {err}") from None
 
     def __getitem__(self, index: int) -> dict:
         e = self.entries[index]
-        images = [self._read(e, e.blur_path)] + [self._read(e, p) for p in self.frame_paths(index)]
-        size = images[0].shape
-        for p, img in zip([e.blur_path] + self.frame_paths(index), images):
-            if img.shape != size:
-                raise MetadataError(f"entry {e.id}: {p} has size {tuple(img.shape[1:])}, expected {tuple(size[1:])}")
-        stack = torch.stack(images)
+        paths = [e.blur_path] + self.frame_paths(index)
+        images = [self._decode(e, p) for p in paths]  # integer pixels; float only where needed
+        size = tuple(images[0][0].shape[1:])
+        for p, (img, _) in zip(paths, images):
+            if tuple(img.shape[1:]) != size:
+                raise MetadataError(f"entry {e.id}: {p} has size {tuple(img.shape[1:])}, expected {size}")
         train = self.augment is not None
         gen = torch.Generator().manual_seed(_seed_for("aug", self.seed, self.epoch, index))
         box = entry_bbox(e)
-        if box is not None:
+        if box is None and train:
+            # Crop (and the affine's source window) before converting to float: on large frames most
+            # of the image is never read. Same result as augment_stack on the whole float stack.
+            d = draw_augment(size, self.augment, gen)
+            y0, y1, x0, x1 = source_window(d, size)
+            stack = apply_augment(to_float_stack([(img[:, y0:y1, x0:x1], s) for img, s in images]), d, (y0, x0))
+        else:
+            stack = to_float_stack(images)
+            if box is not None:
+                if train:
+                    margins = tuple((torch.rand(4, generator=gen) * BOX_MAX_MARGIN).tolist())
+                    stack = crop_to_box(stack, box, BOX_SIZE_TRAIN, margins)
+                else:
+                    # deterministic at val/test: half the largest training margin on every side
+                    stack = crop_to_box(stack, box, BOX_SIZE_EVAL, BOX_MAX_MARGIN / 2)
             if train:
-                margins = tuple((torch.rand(4, generator=gen) * BOX_MAX_MARGIN).tolist())
-                stack = crop_to_box(stack, box, BOX_SIZE_TRAIN, margins)
-            else:
-                # deterministic at val/test: half the largest training margin on every side
-                stack = crop_to_box(stack, box, BOX_SIZE_EVAL, BOX_MAX_MARGIN / 2)
-        if train:
-            stack = augment_stack(stack, self.augment, gen)
+                stack = augment_stack(stack, self.augment, gen)
         return {"blur": stack[0], "frames": stack[1:], "id": e.id, "index": index,
                 "reversed": self.reversed[index]}

@@ -125,9 +125,11 @@ def parse_entries(meta: dict, root, target_frames: Sequence[int] | None = None,
             if isinstance(bbox, str):
                 bbox = _resolve(root, bbox)
             elif not (isinstance(bbox, (list, tuple)) and len(bbox) in (4, 5)
-                      and all(isinstance(v, (int, float)) for v in bbox)):
+                      and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
                 raise MetadataError(f"{source}: entry {eid}: 'bbox' must be a path to a pickle or a list "
                                     f"[x_min, y_min, x_max, y_max(, score)], got {bbox!r}")
+            elif not (bbox[2] > bbox[0] and bbox[3] > bbox[1]):
+                raise MetadataError(f"{source}: entry {eid}: 'bbox' {bbox!r} has x_max <= x_min or y_max <= y_min")
         out.append(Entry(eid, part, order, _resolve(root, raw["blur_path"]), paths, bbox, raw))
     return out
 
@@ -197,6 +199,8 @@ class _BoxUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("builtins", "list"), ("builtins", "tuple"), ("builtins", "dict"), ("builtins", "float"),
         ("builtins", "int"), ("collections", "OrderedDict"), ("_codecs", "encode"),
+        # pickle protocol 5 stores arrays through frombuffer (plain bytes -> array)
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
     }
 
     def find_class(self, module, name):

@@ -25,6 +25,11 @@ class DatasetWriter:
                                   "pass --overwrite to replace it, or choose another --out")
         if self.out.exists() and not self.out.is_dir():
             raise NotADirectoryError(f"--out {self.out} exists and is not a folder")
+        # commit() replaces folders of the same name as the ones it writes: never do that to a folder
+        # of someone else's files unless asked to.
+        if not overwrite and self.out.is_dir() and any(p.name != ".incomplete" for p in self.out.iterdir()):
+            raise FileExistsError(f"{self.out} is not empty and holds no dataset ({METADATA_NAME}); choose an "
+                                  "empty or new --out, or pass --overwrite to write into it anyway")
         self.overwrite = overwrite
         self.stage = self.out / ".incomplete"
         if self.stage.exists():
