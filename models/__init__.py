@@ -1,0 +1,172 @@
+"""Deblurring backbones by name (timm style): build, describe for a checkpoint, load.
+
+    model = build_backbone("Jin", width_mult=0.5)
+    payload = {"model": model.state_dict(), **backbone_checkpoint_fields(model), "epoch": 3, ...}
+    model = load_backbone("checkpoints/run/models/0003.pth")     # our checkpoint
+    model = load_backbone("weights/jin_official/")               # Jin's four official files
+
+A checkpoint written by train_blur2vid.py records the backbone's name and constructor arguments
+({"backbone": {"name": "Jin", "width_mult": 1.0}}) and its input convention, so loading needs nothing
+else. Each registered backbone says which constructor arguments rebuild it and, optionally, how to
+read its authors' official weights from a folder.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from models.backbones.jin import JinBackbone, load_official_jin
+from models.convention import InputConvention
+from utils.checkpoint import CheckpointError, load_checkpoint
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    name: str
+    build: Callable[..., nn.Module]
+    config_keys: tuple  # constructor arguments that rebuild a model (read back from the model's attributes)
+    # folder -> model, for the authors' released weights; None when there are none
+    load_official: Callable[..., nn.Module] | None = None
+    official_hint: str = ""
+
+
+_REGISTRY: dict[str, BackboneEntry] = {}
+
+
+def register_backbone(entry: BackboneEntry) -> BackboneEntry:
+    if entry.name in _REGISTRY:
+        raise ValueError(f"backbone {entry.name!r} is registered twice")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+register_backbone(BackboneEntry(
+    "Jin", JinBackbone, ("width_mult",), load_official=load_official_jin,
+    official_hint="a folder holding center_v3.pth, F35_N8.pth, F26_N9_from_F35_N8.pth and "
+                  "F17_N9_from_F26_N9_from_F35_N8.pth"))
+# "Purohit" joins here once models/backbones/purohit.py exists.
+
+
+def backbone_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _entry(name: str) -> BackboneEntry:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(backbone_names())}")
+    return _REGISTRY[name]
+
+
+def build_backbone(name: str, **kwargs) -> nn.Module:
+    """A freshly initialised backbone; the name is remembered as `model.backbone_name`."""
+    model = _entry(name).build(**kwargs)
+    model.backbone_name = name
+    return model
+
+
+def _name_of(model: nn.Module) -> str:
+    name = getattr(model, "backbone_name", None)
+    if name is None:  # built directly from its class
+        name = next((n for n, e in _REGISTRY.items() if type(model) is e.build), None)
+    if name is None:
+        raise ValueError(f"{type(model).__name__} is not a registered backbone")
+    return name
+
+
+def backbone_checkpoint_fields(model: nn.Module) -> dict:
+    """{"backbone": {"name", <constructor arguments>}, "input_convention": {...}}: what a checkpoint
+    needs beside the state dict to rebuild the model (see load_backbone)."""
+    model = model.module if hasattr(model, "module") else model  # DDP
+    name = _name_of(model)
+    config = {k: getattr(model, k) for k in _entry(name).config_keys}
+    return {"backbone": {"name": name, **config}, "input_convention": model.input_convention.to_dict()}
+
+
+def _strip_module_prefix(state: Mapping) -> dict:
+    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def load_backbone(path, map_location="cpu", *, name: str | None = None,
+                  width_mult: float | None = None) -> nn.Module:
+    """A backbone (eval mode, on map_location) from our checkpoint or an official-weights folder.
+
+    path: a file written by train_blur2vid.py (models/NNNN.pth or a training state: {"model",
+    "backbone", "input_convention", ...}), or a folder with the authors' official files (Jin's four).
+    name: expected backbone (default: the checkpoint's; for a folder, "Jin").
+    width_mult: for a folder, the width to build (default 1.0, the official one); for a checkpoint, a
+    check against the recorded width.
+    Every problem raises CheckpointError with one line naming the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        entry = _entry(name or "Jin")
+        if entry.load_official is None:
+            raise CheckpointError(f"{path} is a folder, but backbone {entry.name!r} has no official "
+                                  "weights: pass a checkpoint file written by train_blur2vid.py")
+        model = entry.load_official(path, width_mult=1.0 if width_mult is None else width_mult)
+        model.backbone_name = entry.name
+        return model.to(map_location).eval()
+
+    ckpt = load_checkpoint(path, map_location="cpu")  # not found / unreadable -> CheckpointError
+
+    def fail(problem: str):
+        raise CheckpointError(f"{path}: {problem}")
+
+    if not isinstance(ckpt, Mapping):
+        fail(f"expected a checkpoint dict, found {type(ckpt).__name__}")
+    if "state_dict_G" in ckpt:
+        fail("this is one of Jin's official files; pass the folder holding all four "
+             "(center_v3.pth, F35_N8.pth, F26_N9_from_F35_N8.pth, F17_N9_from_F26_N9_from_F35_N8.pth)")
+    state = ckpt.get("model")
+    keys = state.keys() if isinstance(state, Mapping) else ckpt.keys()
+    if "hypercut_config" in ckpt or any(isinstance(k, str) and k.startswith(("f_func.", "hyperplane.")) for k in keys):
+        fail("this is a HyperCUT ordering model, not a deblurring backbone (pass it as --hypercut_path)")
+    if not isinstance(state, Mapping) or not isinstance(ckpt.get("backbone"), Mapping):
+        fail("not a deblurring checkpoint of this project (expected 'model' and 'backbone' entries, "
+             f"found {', '.join(sorted(map(str, ckpt.keys()))[:6]) or 'nothing'})")
+    info = dict(ckpt["backbone"])
+    saved_name = info.pop("name", None)
+    if saved_name not in _REGISTRY:
+        fail(f"unknown backbone {saved_name!r}; this version knows {', '.join(backbone_names())}")
+    if name is not None and name != saved_name:
+        fail(f"holds a {saved_name} backbone, not {name}")
+    entry = _REGISTRY[saved_name]
+    config = {k: info[k] for k in entry.config_keys if k in info}
+    if width_mult is not None and "width_mult" in config and float(config["width_mult"]) != float(width_mult):
+        fail(f"was trained with width_mult {config['width_mult']:g}, but width_mult {width_mult:g} was asked for "
+             "(leave --width_mult out to use the checkpoint's)")
+    try:
+        model = build_backbone(saved_name, **config)
+    except (TypeError, ValueError) as e:
+        fail(f"cannot build backbone {saved_name} with {config}: {e}")
+    conv = ckpt.get("input_convention")
+    if conv is not None:
+        try:
+            model.input_convention = conv if isinstance(conv, InputConvention) else InputConvention.from_dict(conv)
+        except (KeyError, TypeError, ValueError) as e:
+            fail(f"bad input_convention {conv!r}: {e}")
+    state = _strip_module_prefix(state)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = ([f"missing {len(missing)} keys, e.g. {', '.join(missing[:3])}"] if missing else []) + \
+                ([f"unexpected {len(unexpected)} keys, e.g. {', '.join(unexpected[:3])}"] if unexpected else [])
+        fail(f"does not match a {saved_name} backbone with {config}: {'; '.join(parts)}")
+    for k, v in state.items():
+        if not torch.is_tensor(v) or tuple(v.shape) != tuple(own[k].shape):
+            fail(f"{k} has shape {tuple(getattr(v, 'shape', ()))}, a {saved_name} backbone with {config} "
+                 f"expects {tuple(own[k].shape)}")
+    model.load_state_dict(state, strict=True)
+    return model.to(map_location).eval()
+
+
+__all__ = ["BackboneEntry", "register_backbone", "backbone_names", "build_backbone",
+           "backbone_checkpoint_fields", "load_backbone"]

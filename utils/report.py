@@ -1,4 +1,5 @@
-"""Tables and result files for the test scripts: a markdown table on stdout, the same figures in JSON."""
+"""Tables and result files for the test scripts: a markdown table on stdout, the same figures in JSON
+(and CSV)."""
 from __future__ import annotations
 
 import json
@@ -37,4 +38,23 @@ def _clean(obj):
 def write_json(path, data: dict) -> Path:
     path = Path(path)
     atomic_write_text(path, json.dumps(_clean(data), indent=2) + "\n")
+    return path
+
+
+def write_csv(path, headers, rows) -> Path:
+    """A CSV file (atomic write); None, nan and inf become empty cells, floats keep full precision."""
+    import csv
+    import io
+
+    def cell(v):
+        if v is None or (isinstance(v, float) and (math.isnan(v) or math.isinf(v))):
+            return ""
+        return repr(v) if isinstance(v, float) else v
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(headers)
+    writer.writerows([[cell(v) for v in row] for row in rows])
+    path = Path(path)
+    atomic_write_text(path, buf.getvalue())
     return path

@@ -264,11 +264,15 @@ def restore_training_state(state: dict, model, optimizer, scheduler) -> tuple[in
     return int(state["epoch"]) + 1, int(state["step"])
 
 
+def plain_args(args) -> dict:
+    """The arguments as plain values (what torch.load(weights_only=True) can read back)."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+
+
 def training_payload(model, optimizer, scheduler, epoch: int, step: int, args, extra: dict) -> dict:
     return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
-            "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))},
-            **extra}
+            "args": plain_args(args), **extra}
 
 
 def progress(iterable, dist_info: DistInfo | None = None, **kwargs):
@@ -290,3 +294,52 @@ def fail(msg: str, code: int = 2) -> "None":
     """End a script with one line naming what to fix."""
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+def collate_by_size(items: list) -> list:
+    """Evaluation collate: the items of a batch grouped by tensor shapes (val/test images are used at
+    full size, and a dataset may mix sizes), each group collated on its own. Returns a list of batches."""
+    from torch.utils.data import default_collate
+    groups: dict = {}
+    for item in items:
+        key = tuple(tuple(v.shape) for v in item.values() if torch.is_tensor(v))
+        groups.setdefault(key, []).append(item)
+    return [default_collate(group) for group in groups.values()]
+
+
+def make_eval_loader(dataset, batch_size: int, num_workers: int, device: torch.device | None = None) -> DataLoader:
+    """Val/test loader on one process: every item once, in dataset order; yields lists of batches
+    (see collate_by_size)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate_by_size, pin_memory=device is not None and device.type == "cuda")
+
+
+@torch.no_grad()
+def hypercut_scores(model, loader: DataLoader, device: torch.device, desc: str = "scoring") -> torch.Tensor:
+    """Hyperplane scores (N, 6) of every sequence of an eval loader (make_eval_loader) in dataset
+    order: h(d1), h(dbar1), h(d2), h(dbar2), h(d3), h(dbar3) (SPEC 4). Runs the model in eval mode,
+    in float32, and leaves the global RNG as it was (validation must not shift a training run)."""
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    scores = torch.full((len(loader.dataset), 6), float("nan"), dtype=torch.float32)
+    with torch.random.fork_rng(devices=[]):
+        for batches in progress(loader, desc=desc, unit="batch", leave=False):
+            for batch in batches:
+                _, s = model(batch["frames"].to(device, non_blocking=True))
+                scores[batch["index"]] = s.float().cpu()
+    model.train(was_training)
+    return scores
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a user-facing error. Errors raised in DataLoader workers come back with the worker's
+    traceback in the message: keep only its last line, without the exception's class name."""
+    msg = str(exc).strip()
+    if "Original Traceback" in msg:
+        last = msg.splitlines()[-1].strip()
+        head, sep, tail = last.partition(": ")
+        msg = tail if sep and "Error" in head.split(".")[-1] else last
+    return " ".join(msg.split()) or type(exc).__name__

@@ -1,0 +1,118 @@
+"""Turn blurry photos into 7-frame sequences, without any metadata.
+
+  python inference.py --pretrained_path weights/jin_official/ --blur_path photo.png --output_path out/
+  python inference.py --pretrained_path checkpoints/jin_hc/models/0100.pth --blur_path photos/ \\
+      --output_path out/ --device cuda
+
+--pretrained_path: a checkpoint of train_blur2vid.py or a folder holding Jin et al.'s four official files
+(center_v3.pth, F35_N8.pth, F26_N9_from_F35_N8.pth, F17_N9_from_F26_N9_from_F35_N8.pth).
+--blur_path: one image, or a folder whose png/jpg/jpeg/bmp images are all processed (sorted by name).
+Each image, at its own size, gives OUTPUT/<image stem>/frame_1.png .. frame_7.png (8-bit RGB), every
+file written to a temporary name and renamed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from datasets.transforms import ImageReadError, read_image
+from models import backbone_names, load_backbone
+from utils.checkpoint import CheckpointError
+from utils.device import resolve_device
+from utils.images import save_frames
+from utils.training import error_line, fail, progress
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="Jin", choices=backbone_names())
+    p.add_argument("--pretrained_path", required=True,
+                   help="a train_blur2vid.py checkpoint, or a folder with Jin's four official files")
+    p.add_argument("--blur_path", required=True, help="a blurry image, or a folder of them")
+    p.add_argument("--output_path", required=True, help="folder for OUTPUT/<image stem>/frame_k.png")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--width_mult", type=float, default=None,
+                   help="width of an official-weights folder's model (default 1.0); checked against a checkpoint's")
+    return p
+
+
+def list_images(blur_path) -> list[Path]:
+    """The image to process, or every png/jpg/jpeg/bmp in a folder (sorted); one output folder each."""
+    path = Path(blur_path)
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise ValueError(f"--blur_path {path} holds no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images")
+    elif path.is_file():
+        images = [path]
+    else:
+        raise ValueError(f"--blur_path {path} does not exist")
+    stems: dict = {}
+    for p in images:
+        stems.setdefault(p.stem, []).append(p.name)
+    clashes = {s: names for s, names in stems.items() if len(names) > 1}
+    if clashes:
+        s, names = next(iter(clashes.items()))
+        raise ValueError(f"{', '.join(names)} in {path} would share the output folder '{s}': rename one")
+    return images
+
+
+def check_readable(images) -> None:
+    """Fail before any work on a file that is not an image (reads the headers only)."""
+    from PIL import Image
+    for path in images:
+        try:
+            with Image.open(path) as im:
+                im.size
+        except Exception as e:
+            raise ImageReadError(f"cannot read image {path}: {' '.join(str(e).split()) or type(e).__name__}") from None
+
+
+@torch.inference_mode()
+def deblur(model, image: torch.Tensor, device) -> torch.Tensor:
+    """One blurry image, RGB float [0, 1] (3, H, W) of any size -> its frames (T, 3, H, W), float on the CPU
+    (not clamped)."""
+    return model(image.unsqueeze(0).to(device))[0].float().cpu()
+
+
+def run_inference(model, images, output_path, device, log=print) -> list[Path]:
+    """Deblur each image file and write OUTPUT/<stem>/frame_k.png; returns the output folders."""
+    out = Path(output_path)
+    folders = []
+    for path in progress(images, desc="inference", unit="image"):
+        image = read_image(path)
+        start = time.perf_counter()
+        frames = deblur(model, image, device)
+        folder = out / path.stem
+        save_frames(frames, folder)
+        folders.append(folder)
+        log(f"{path} -> {folder}/frame_1..{len(frames)}.png ({image.shape[2]}x{image.shape[1]}, "
+            f"{time.perf_counter() - start:.2f} s)")
+    return folders
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        images = list_images(args.blur_path)
+        check_readable(images)
+        out = Path(args.output_path)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--output_path {out} exists and is not a folder")
+        device = resolve_device(args.device)
+        model = load_backbone(args.pretrained_path, map_location=device, name=args.backbone,
+                              width_mult=args.width_mult)
+        run_inference(model, images, out, device)
+    except (CheckpointError, ImageReadError, ValueError) as e:
+        fail(error_line(e))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Evaluate a deblurring backbone on a split: pPSNR, pSSIM, pLPIPS and PSNR, SSIM, LPIPS per frame (SPEC 8).
+
+  python test_blur2vid.py --metadata_root data/synthetic --pretrained_path checkpoints/jin_hc/models/0100.pth
+  python test_blur2vid.py --metadata_root data/reds --pretrained_path weights/jin_official/ \\
+      --hypercut_path hypercut_reds.pth --output_json results/jin_reds.json --save_images results/jin_reds
+
+--pretrained_path takes a checkpoint of train_blur2vid.py (it records the backbone and its width) or a
+folder holding Jin et al.'s four official files. Full images are used, whatever their size.
+
+p-metrics do not depend on the direction of the predicted sequence: with --p_mode pair (the paper's
+formula) each symmetric pair (k, 8-k) takes the better of its two assignments, with --p_mode sequence
+(the reference's code) the whole sequence takes the better direction. PSNR/SSIM/LPIPS score the frames
+in the predicted order. Every figure is the mean over sequences; PSNR is capped at 100 dB per frame.
+LPIPS (AlexNet, v0.1) needs torchvision's alexnet-owt-7be5be79.pth in $TORCH_HOME/hub/checkpoints; it is
+never downloaded: without it the script stops, unless --no_lpips skips LPIPS (the table says so).
+With --hypercut_path, hit/con of the predicted sequences are reported too.
+
+Prints the tables; --output_json writes every figure (lists per frame and `<name>_mean`), with a CSV of
+the per-frame figures beside it (same name, .csv); --save_images DIR writes each prediction as
+DIR/<entry id, / replaced by _>/frame_k.png.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from datasets.blur2vid import Blur2VidDataset
+from datasets.metadata import PARTITIONS, MetadataError
+from models import backbone_checkpoint_fields, backbone_names, load_backbone
+from models.hypercut import load_hypercut
+from utils.checkpoint import CheckpointError
+from utils.device import resolve_device
+from utils.evaluation import evaluate
+from utils.images import save_frames
+from utils.metrics import LPIPSMetric, LPIPSWeightsError, SequenceMetrics
+from utils.report import markdown_table, write_csv, write_json
+from utils.training import add_data_args, error_line, fail, make_eval_loader
+
+METRICS = ("pPSNR", "pSSIM", "pLPIPS", "PSNR", "SSIM", "LPIPS")
+ORDERING = ("hit", "hit_x2_x6", "hit_x3_x5", "con@2", "con@3")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p)
+    p.add_argument("--pretrained_path", required=True,
+                   help="a train_blur2vid.py checkpoint, or a folder with Jin's four official files")
+    p.add_argument("--backbone", default=None, choices=backbone_names(),
+                   help="expected backbone (default: the checkpoint's; Jin for a folder)")
+    p.add_argument("--width_mult", type=float, default=None,
+                   help="width of an official-weights folder's model (default 1.0); checked against a checkpoint's")
+    p.add_argument("--split", default="test", choices=PARTITIONS)
+    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, default=42, help="seed of the draws for entries with order 'random'")
+    p.add_argument("--p_mode", default="pair", choices=("pair", "sequence"))
+    p.add_argument("--no_lpips", action="store_true", help="skip LPIPS (e.g. without the AlexNet weights)")
+    p.add_argument("--hypercut_path", default=None, help="a HyperCUT checkpoint: adds hit/con of the predictions")
+    p.add_argument("--output_json", default=None, help="write the figures here (and a .csv beside it)")
+    p.add_argument("--save_images", default=None, help="write the predicted frames under this folder")
+    return p
+
+
+def entry_folder(entry_id: str, index: int) -> str:
+    """A folder name for an entry id: '/' (and '\\') become '_'; ids that would name no folder use the index."""
+    name = str(entry_id).replace("/", "_").replace("\\", "_")
+    return name if name.strip(".") else f"entry_{index:06d}"
+
+
+def run_test(args) -> dict:
+    """Evaluate and return the result dict (what --output_json holds)."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1 (got {args.batch_size})")
+    if args.num_workers < 0:
+        raise ValueError(f"--num_workers must be >= 0 (got {args.num_workers})")
+    device = resolve_device(args.device)
+    # LPIPS first: a missing weights file stops the run before any work is done
+    lpips = None if args.no_lpips else LPIPSMetric(device)
+    model = load_backbone(args.pretrained_path, map_location=device, name=args.backbone, width_mult=args.width_mult)
+    dataset = Blur2VidDataset(args.metadata_root, args.split, target_frames=args.target_frames,
+                              data_root=args.data_root, augment=None, seed=args.seed)
+    if len(dataset.target_frames) != model.num_frames:
+        raise ValueError(f"the model predicts {model.num_frames} frames, but the data gives "
+                         f"{len(dataset.target_frames)}; pick {model.num_frames} with --target_frames")
+    hypercut = None
+    if args.hypercut_path:
+        hypercut = load_hypercut(args.hypercut_path, map_location=device)
+        h, w = dataset[0]["blur"].shape[-2:]
+        if min(h, w) < hypercut.f_func.min_size:
+            raise ValueError(f"HyperCUT needs images of at least {hypercut.f_func.min_size} pixels a side, "
+                             f"the {args.split} images are {h}x{w}")
+
+    on_batch = None
+    if args.save_images:
+        out = Path(args.save_images)
+
+        def on_batch(batch, pred):
+            for entry_id, index, frames in zip(batch["id"], batch["index"].tolist(), pred):
+                save_frames(frames, out / entry_folder(entry_id, index))
+
+    metrics = SequenceMetrics(lpips=lpips, mode=args.p_mode)
+    loader = make_eval_loader(dataset, args.batch_size, args.num_workers, device)
+    ordering = evaluate(model, loader, device, metrics, hypercut=hypercut, on_batch=on_batch, desc=args.split)
+
+    result = {}
+    for name in METRICS:
+        result[name] = metrics.per_frame(name)
+        result[f"{name}_mean"] = metrics.mean(name)
+    result.update(p_mode=args.p_mode, num_sequences=metrics.num_sequences, psnr_cap_db=metrics.psnr_cap_db,
+                  lpips="skipped (--no_lpips)" if lpips is None else "alexnet v0.1",
+                  split=args.split, dataset_name=args.dataset_name, metadata_root=str(args.metadata_root),
+                  pretrained_path=str(args.pretrained_path), **backbone_checkpoint_fields(model))
+    if ordering is not None:
+        result.update({k: ordering[k] for k in ORDERING}, hypercut_path=str(args.hypercut_path))
+    return result
+
+
+def report(result: dict) -> str:
+    """The markdown the script prints: p-metrics and plain metrics per frame, then hit/con."""
+    t = len(result["pPSNR"])
+    headers = ["metric"] + [str(k) for k in range(1, t + 1)] + ["avg"]
+
+    def rows(names):
+        return [[n] + (result[n] + [result[f"{n}_mean"]] if result[n] is not None else [None] * (t + 1))
+                for n in names]
+
+    lines = [f"{result['backbone']['name']} ({result['pretrained_path']}) on {result['dataset_name']} "
+             f"{result['split']}: {result['num_sequences']} sequences",
+             "", f"Order-agnostic (p_mode {result['p_mode']}):", "",
+             markdown_table(headers, rows(METRICS[:3])),
+             "", "In the predicted order:", "", markdown_table(headers, rows(METRICS[3:]))]
+    if result["LPIPS"] is None:
+        lines += ["", "LPIPS skipped (--no_lpips)."]
+    if "hit" in result:
+        lines += ["", f"HyperCUT ordering of the predictions ({result['hypercut_path']}):", "",
+                  markdown_table(ORDERING, [[result[k] for k in ORDERING]])]
+    return "\n".join(lines)
+
+
+def write_results(result: dict, json_path) -> tuple[Path, Path]:
+    """--output_json and the CSV beside it (one row per metric: frame_1..frame_T, mean)."""
+    json_path = write_json(json_path, result)
+    t = len(result["pPSNR"])
+    headers = ["metric"] + [f"frame_{k}" for k in range(1, t + 1)] + ["mean"]
+    rows = [[n] + (result[n] + [result[f"{n}_mean"]] if result[n] is not None else [None] * (t + 1))
+            for n in METRICS]
+    return json_path, write_csv(json_path.with_suffix(".csv"), headers, rows)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run_test(args)
+    except (MetadataError, CheckpointError, LPIPSWeightsError, ValueError) as e:
+        fail(error_line(e))
+    print(report(result))
+    if args.output_json:
+        json_path, csv_path = write_results(result, args.output_json)
+        print(f"\nwrote {json_path} and {csv_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

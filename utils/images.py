@@ -1,0 +1,41 @@
+"""Writing result images: atomic 8-bit PNGs and the blur | prediction | ground-truth strips."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.io import encode_png
+
+from datasets.transforms import to_uint8
+from utils.checkpoint import atomic_write_bytes
+
+
+def save_png(image: torch.Tensor, path, compression_level: int = 6) -> Path:
+    """Write RGB float [0, 1] (3, H, W) (or uint8) as an 8-bit PNG: a temporary file, then a rename."""
+    img = image if image.dtype == torch.uint8 else to_uint8(image.detach())
+    data = encode_png(img.cpu().contiguous(), compression_level=compression_level)
+    atomic_write_bytes(path, data.numpy().tobytes())
+    return Path(path)
+
+
+def save_frames(frames: torch.Tensor, folder, prefix: str = "frame_") -> list[Path]:
+    """frames (T, 3, H, W) -> folder/frame_1.png .. frame_T.png."""
+    folder = Path(folder)
+    return [save_png(f, folder / f"{prefix}{k}.png") for k, f in enumerate(frames, start=1)]
+
+
+def make_strip(blur: torch.Tensor, pred: torch.Tensor, gt: torch.Tensor | None = None,
+               max_items: int = 2, gap: int = 2) -> torch.Tensor:
+    """One row per sequence: blur | predicted frames | ground-truth frames, white gaps between the
+    three groups. blur (B, 3, H, W), pred and gt (B, T, 3, H, W), RGB [0, 1] -> (3, H', W') on CPU."""
+    rows = []
+    for b in range(min(max_items, blur.shape[0])):
+        groups = [blur[b:b + 1], pred[b]] + ([gt[b]] if gt is not None else [])
+        parts = []
+        for i, g in enumerate(groups):
+            if i:
+                parts.append(torch.ones(3, g.shape[-2], gap))
+            parts.append(torch.cat(list(g.detach().float().cpu().clamp(0, 1)), dim=-1))
+        rows.append(torch.cat(parts, dim=-1))
+        rows.append(torch.ones(3, gap, rows[-1].shape[-1]))
+    return torch.cat(rows[:-1], dim=-2)
