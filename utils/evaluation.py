@@ -60,7 +60,7 @@ def evaluate(model, loader, device: torch.device, metrics: SequenceMetrics, hype
                         on_batch(batch, pred)
     finally:
         net.train(was_training)
-    metrics.all_reduce()
+    metrics.all_reduce(num_frames=len(getattr(loader.dataset, "target_frames", [])) or None)
     if hypercut is None:
         return None
     return hit_con(_gather_rows(torch.cat(scores) if scores else torch.zeros(0, 6)))

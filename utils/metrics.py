@@ -370,12 +370,21 @@ class SequenceMetrics:
             self._sums[k] = self._sums[k] + s if k in self._sums else s
         self.num_sequences += b
 
-    def all_reduce(self) -> None:
-        """Sums the figures of all ranks (torch.distributed), so every rank then holds the set's figures."""
+    def all_reduce(self, num_frames: int | None = None) -> None:
+        """Sums the figures of all ranks (torch.distributed), so every rank then holds the set's figures.
+
+        Every rank must call it. A rank that saw no sequence takes part with zeros: pass num_frames
+        (T) so it can, otherwise it would leave the others waiting.
+        """
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()) or self.num_frames is None:
+        if not (dist.is_available() and dist.is_initialized()):
             return
+        if self.num_frames is None:
+            if num_frames is None:
+                raise ValueError("all_reduce on a rank without sequences needs num_frames")
+            self.num_frames = int(num_frames)
+            self._sums = {k: torch.zeros(self.num_frames, dtype=torch.float64) for k in self.names}
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
         packed = torch.cat([self._sums[k] for k in self.names] + [torch.tensor([float(self.num_sequences)], dtype=torch.float64)])
         packed = packed.to(device)

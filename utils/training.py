@@ -175,12 +175,15 @@ class Run:
         self.vis_dir = self.dir / "visualisations"
         resuming = args.resume or args.load_epoch is not None
         if self.dist.is_main:
-            if not resuming and self.states_dir.exists() and any(self.states_dir.iterdir()):
+            used = any(d.exists() and any(d.iterdir()) for d in (self.states_dir, self.models_dir))
+            if not resuming and used:
                 raise FileExistsError(f"{self.dir} already holds a run; pass --resume to continue it "
                                       "or choose another --exp_name")
             for d in (self.models_dir, self.states_dir, self.vis_dir):
                 d.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.dir / "args.json", json.dumps(vars(args), indent=2, default=str) + "\n")
+            # args.json keeps the arguments the run started with; a resume records its own beside it.
+            name = "args_resume.json" if resuming and (self.dir / "args.json").exists() else "args.json"
+            atomic_write_text(self.dir / name, json.dumps(vars(args), indent=2, default=str) + "\n")
         self.logger = self._make_logger()
         self._writer = None
 
@@ -257,9 +260,14 @@ def restore_training_state(state: dict, model, optimizer, scheduler) -> tuple[in
     for key in ("model", "optimizer", "scheduler", "epoch", "step"):
         if key not in state:
             raise CheckpointError(f"training state lacks '{key}': not a state saved by this project's train scripts")
-    unwrap(model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    try:
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"training state does not fit this model/optimiser (other flags than the "
+                              f"run it came from?): {first[:300]}") from None
     set_rng_state(state.get("rng"))
     return int(state["epoch"]) + 1, int(state["step"])
 
