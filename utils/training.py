@@ -28,6 +28,14 @@ from utils.device import resolve_device
 
 # --- arguments ------------------------------------------------------------------------------------
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad command line ends in one line (`error: ...`, exit code 2) like every other
+    user error, instead of the usage block followed by the message."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def add_data_args(parser: argparse.ArgumentParser, dataset_default: str = "Synthetic") -> None:
     g = parser.add_argument_group("data")
     g.add_argument("--dataset_name", default=dataset_default, help="a label for logs (the data comes from --metadata_root)")
