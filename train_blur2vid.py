@@ -35,7 +35,7 @@ from utils.checkpoint import CheckpointError
 from utils.evaluation import evaluate, make_sharded_eval_loader
 from utils.images import make_strip, save_png
 from utils.metrics import SequenceMetrics
-from utils.training import (Run, Timer, add_common_args, add_data_args, build_optimizer, build_scheduler,
+from utils.training import (run_training_main, Run, Timer, add_common_args, add_data_args, build_optimizer, build_scheduler,
                             error_line, fail, make_loader, plain_args, progress, restore_training_state,
                             seed_everything, set_epoch, setup_process, training_payload, unwrap,
                             validate_common_args)
@@ -229,15 +229,7 @@ def train(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        check_args(args)
-        train(args)
-    except (MetadataError, CheckpointError, FileExistsError, ValueError) as e:
-        fail(error_line(e))
-    except KeyboardInterrupt:
-        fail("interrupted; continue with --resume (from the last finished epoch)", code=130)
-    return 0
+    return run_training_main(build_parser, check_args, train, argv)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from models.convention import REFERENCE_BGR_IMAGENET
 from models.hypercut import F_FUNCS, G_FUNCS, REFERENCE_SLOPE, HyperCUT, hypercut_loss, sequence_pairs
 from utils.checkpoint import CheckpointError
 from utils.metrics import hit_con
-from utils.training import (ArgumentParser, Run, Timer, add_common_args, add_data_args, build_optimizer,
+from utils.training import (run_training_main, ArgumentParser, Run, Timer, add_common_args, add_data_args, build_optimizer,
                             build_scheduler, error_line, fail, hypercut_scores, make_eval_loader, make_loader,
                             plain_args, progress, restore_training_state, seed_everything, set_epoch,
                             setup_process, training_payload, unwrap, validate_common_args)
@@ -211,15 +211,7 @@ def _train(args, device, dist_info) -> dict:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        check_args(args)
-        train(args)
-    except (MetadataError, CheckpointError, FileExistsError, ValueError) as e:
-        fail(error_line(e))
-    except KeyboardInterrupt:
-        fail("interrupted; continue with --resume (from the last finished epoch)", code=130)
-    return 0
+    return run_training_main(build_parser, check_args, train, argv)
 
 
 if __name__ == "__main__":

@@ -359,3 +359,17 @@ def error_line(exc: BaseException) -> str:
         head, sep, tail = last.partition(": ")
         msg = tail if sep and "Error" in head.split(".")[-1] else last
     return " ".join(msg.split()) or type(exc).__name__
+
+
+def run_training_main(build_parser, check_args, train, argv=None) -> int:
+    """The train scripts' main(): parse, check, train; a user's mistake ends in one error line."""
+    from datasets.metadata import MetadataError
+    args = build_parser().parse_args(argv)
+    try:
+        check_args(args)
+        train(args)
+    except (MetadataError, CheckpointError, FileExistsError, ValueError) as e:
+        fail(error_line(e))
+    except KeyboardInterrupt:
+        fail("interrupted; continue with --resume (from the last finished epoch)", code=130)
+    return 0
