@@ -35,10 +35,10 @@ from utils.checkpoint import CheckpointError
 from utils.evaluation import evaluate, make_sharded_eval_loader
 from utils.images import make_strip, save_png
 from utils.metrics import SequenceMetrics
-from utils.training import (run_training_main, Run, Timer, add_common_args, add_data_args, build_optimizer, build_scheduler,
-                            error_line, fail, make_loader, plain_args, progress, restore_training_state,
-                            seed_everything, set_epoch, setup_process, training_payload, unwrap,
-                            validate_common_args)
+from utils.training import (Run, Timer, add_common_args, add_data_args, build_optimizer, build_scheduler,
+                            denormals_flushed, error_line, fail, make_loader, plain_args, progress,
+                            restore_training_state, run_training_main, seed_everything, set_epoch,
+                            setup_process, training_payload, unwrap, validate_common_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +132,11 @@ def train(args) -> dict:
     """The whole run; returns {"losses": [per-step total], "terms": [per-step terms], "val": {epoch: figures}}
     of this call."""
     device, dist_info = setup_process(args.device)
+    with denormals_flushed():
+        return _train(args, device, dist_info)
+
+
+def _train(args, device, dist_info) -> dict:
     seed_everything(args.seed)
     run = Run(args, dist_info)
     model = build_backbone(args.backbone, width_mult=args.width_mult).to(device)

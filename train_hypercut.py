@@ -47,10 +47,11 @@ from models.convention import REFERENCE_BGR_IMAGENET
 from models.hypercut import F_FUNCS, G_FUNCS, REFERENCE_SLOPE, HyperCUT, hypercut_loss, sequence_pairs
 from utils.checkpoint import CheckpointError
 from utils.metrics import hit_con
-from utils.training import (run_training_main, ArgumentParser, Run, Timer, add_common_args, add_data_args, build_optimizer,
-                            build_scheduler, error_line, fail, hypercut_scores, make_eval_loader, make_loader,
-                            plain_args, progress, restore_training_state, seed_everything, set_epoch,
-                            setup_process, training_payload, unwrap, validate_common_args)
+from utils.training import (ArgumentParser, Run, Timer, add_common_args, add_data_args, build_optimizer,
+                            build_scheduler, denormals_flushed, error_line, fail, hypercut_scores,
+                            make_eval_loader, make_loader, plain_args, progress, restore_training_state,
+                            run_training_main, seed_everything, set_epoch, setup_process, training_payload,
+                            unwrap, validate_common_args)
 
 
 def build_parser() -> ArgumentParser:
@@ -106,16 +107,8 @@ def validate(model, loader, device) -> dict:
 def train(args) -> dict:
     """The whole run; returns {"losses": [per-step total loss], "val": {epoch: figures}} of this call."""
     device, dist_info = setup_process(args.device)
-    # Once sequences are confidently ordered, softplus'(h(d) h(dbar)) = sigmoid(large negative) is a
-    # denormal float (below 1.2e-38), and the whole backward pass then runs on denormals, which x86
-    # CPUs process many times slower (measured: a 2.5x slower epoch). Flushing them to zero changes
-    # nothing that matters and keeps CPU training at full speed. (Process-wide: reset to torch's
-    # default when the run ends, for callers in the same process.)
-    torch.set_flush_denormal(True)
-    try:
+    with denormals_flushed():  # confidently ordered pairs underflow into slow CPU denormals
         return _train(args, device, dist_info)
-    finally:
-        torch.set_flush_denormal(False)
 
 
 def _train(args, device, dist_info) -> dict:

@@ -1,8 +1,13 @@
 """utils.metrics: PSNR/SSIM against scikit-image, LPIPS code paths (never the network), p-metrics, hit/con."""
 from __future__ import annotations
 
+import json
 import math
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -289,3 +294,24 @@ def test_hit_con_by_hand():
     assert math.isnan(hit_con(torch.zeros(0, 6))["hit"])
     with pytest.raises(ValueError):
         hit_con(torch.zeros(3, 5))
+
+
+def test_all_reduce_with_a_rank_that_saw_nothing():
+    """Two gloo processes: rank 1 has no sequence, yet both end with the figures of rank 0's two."""
+    worker = Path(__file__).with_name("_dist_metrics_worker.py")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(worker)], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")),
+                  key=lambda r: r["rank"])
+    assert [r["rank"] for r in rows] == [0, 1]
+
+    sys.path.insert(0, str(worker.parent))
+    from _dist_metrics_worker import sequences
+    single = SequenceMetrics(lpips=None, mode="pair")
+    single.update(*sequences())
+    for r in rows:
+        assert r["n"] == 2
+        assert np.allclose(r["pPSNR"], single.per_frame("pPSNR"), rtol=1e-12)
+        assert np.allclose(r["SSIM"], single.per_frame("SSIM"), rtol=1e-12)

@@ -65,6 +65,11 @@ def load_checkpoint(path, map_location="cpu"):
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt, truncated, or holding objects weights_only refuses
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only load failed" in msg.lower():
+            # torch's own text goes on to suggest weights_only=False, which would run whatever code
+            # the pickle carries: we never do that, and we don't advise it.
+            msg = ("it holds Python objects other than tensors, numbers and plain containers, which "
+                   "are refused because unpickling them can run arbitrary code")
         raise CheckpointError(
             f"cannot load checkpoint {path}: {msg[:300]} (is it a complete PyTorch file from this "
             "project, the HyperCUT reference, or Jin et al.?)") from None

