@@ -233,19 +233,6 @@ def order_decisions(scores: torch.Tensor) -> torch.Tensor:
     return (u[:, 0] < 0) & (u[:, 0] * u[:, 1] > 0) & (u[:, 0] * u[:, 2] > 0)
 
 
-def ordering_stats(scores: torch.Tensor) -> dict:
-    """Per-sequence BoolTensors (B,) for the test metrics (SPEC 4), from scores (B, 6):
-    hit1..hit3 (pair k and its reverse on opposite sides), con2 (sign u1 = sign u2), con3 (all three)."""
-    if scores.dim() != 2 or scores.shape[1] != 6:
-        raise ValueError(f"expected scores (B, 6), got shape {tuple(scores.shape)}")
-    u, v = scores[:, 0::2], scores[:, 1::2]
-    s = torch.sign(u)
-    return {
-        "hit1": u[:, 0] * v[:, 0] < 0, "hit2": u[:, 1] * v[:, 1] < 0, "hit3": u[:, 2] * v[:, 2] < 0,
-        "con2": s[:, 0] == s[:, 1], "con3": (s[:, 0] == s[:, 1]) & (s[:, 1] == s[:, 2]),
-    }
-
-
 _CONFIG_KEYS = ("out_dim", "f_func", "g_func", "slope")
 
 

@@ -6,8 +6,9 @@ import torch
 
 from models.convention import REFERENCE_BGR_IMAGENET, RGB_UNIT
 from models.hypercut import (HyperCUT, Hyperplane, ResnetIm2Vec, build_hypercut, hypercut_loss, load_hypercut,
-                             order_decisions, ordering_stats, sequence_pairs)
+                             order_decisions, sequence_pairs)
 from utils.checkpoint import CheckpointError
+from utils.metrics import ordering_stats
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,7 @@ def test_order_decisions():
     ])
     assert order_decisions(scores).tolist() == [False, True, False, False, False]
     assert order_decisions(scores[:, 0::2]).tolist() == [False, True, False, False, False]
-    stats = ordering_stats(scores)
+    stats = ordering_stats(scores)  # the masks behind hit/con: one definition for scripts and metrics
     assert stats["hit1"].tolist() == [True] * 5
     assert stats["hit3"].tolist() == [True, True, True, False, True]
     assert stats["con2"].tolist() == [True, True, False, True, False]

@@ -433,28 +433,27 @@ class SequenceMetrics:
 # HyperCUT hit / consistency (SPEC 4)
 
 
-def hit_con(scores: Tensor | Iterable) -> dict[str, float]:
-    """Hit and consistency rates of hyperplane scores (N, 6) ordered h(d1), h(dbar1), h(d2), h(dbar2),
-    h(d3), h(dbar3).
-
-    hit (and hit_x2_x6, hit_x3_x5 for P2, P3): share with h(d_k) * h(dbar_k) < 0.
-    con@2: share with sign h(d1) = sign h(d2); con@3: all three signs equal. Like the order rule
-    (u1 * u2 > 0), a zero score agrees with nothing. With N = 0 the rates are nan.
-    """
+def ordering_stats(scores: Tensor | Iterable) -> dict[str, Tensor]:
+    """Per-sequence BoolTensors (N,) from hyperplane scores (N, 6) ordered h(d1), h(dbar1), h(d2),
+    h(dbar2), h(d3), h(dbar3) (SPEC 4): hit1..hit3 (h(d_k) * h(dbar_k) < 0), con2 (sign h(d1) =
+    sign h(d2)) and con3 (all three signs equal). Like the order rule (u1 * u2 > 0), a zero score
+    agrees with nothing."""
     s = torch.as_tensor(scores).detach().to("cpu", torch.float64)
     if s.dim() != 2 or s.shape[1] != 6:
         raise ValueError(f"expected hyperplane scores shaped (N, 6), got {tuple(s.shape)}")
     u1, ub1, u2, ub2, u3, ub3 = s.unbind(1)
-    n = s.shape[0]
+    return {"hit1": u1 * ub1 < 0, "hit2": u2 * ub2 < 0, "hit3": u3 * ub3 < 0,
+            "con2": u1 * u2 > 0, "con3": (u1 * u2 > 0) & (u1 * u3 > 0)}
+
+
+def hit_con(scores: Tensor | Iterable) -> dict[str, float]:
+    """Hit and consistency rates (the shares of ordering_stats) under the paper's names: hit,
+    hit_x2_x6, hit_x3_x5 (pairs P1..P3), con@2, con@3, plus num_sequences. With N = 0 the rates are nan."""
+    stats = ordering_stats(scores)
+    n = stats["hit1"].numel()
 
     def rate(mask: Tensor) -> float:
         return mask.double().mean().item() if n else math.nan
 
-    return {
-        "hit": rate(u1 * ub1 < 0),
-        "hit_x2_x6": rate(u2 * ub2 < 0),
-        "hit_x3_x5": rate(u3 * ub3 < 0),
-        "con@2": rate(u1 * u2 > 0),
-        "con@3": rate((u1 * u2 > 0) & (u1 * u3 > 0)),
-        "num_sequences": n,
-    }
+    return {"hit": rate(stats["hit1"]), "hit_x2_x6": rate(stats["hit2"]), "hit_x3_x5": rate(stats["hit3"]),
+            "con@2": rate(stats["con2"]), "con@3": rate(stats["con3"]), "num_sequences": n}
