@@ -315,3 +315,20 @@ def test_all_reduce_with_a_rank_that_saw_nothing():
         assert r["n"] == 2
         assert np.allclose(r["pPSNR"], single.per_frame("pPSNR"), rtol=1e-12)
         assert np.allclose(r["SSIM"], single.per_frame("SSIM"), rtol=1e-12)
+
+
+@pytest.mark.parametrize("hw", [(11, 11), (12, 150), (67, 130)])
+def test_ssim_device_path_matches_skimage(monkeypatch, hw):
+    """The banded-matmul filtering used off the CPU (CUDA, MPS), run here on the CPU."""
+    import utils.metrics as metrics_module
+    monkeypatch.setattr(metrics_module, "_SCIPY_ON_CPU", False)
+    monkeypatch.setattr(metrics_module, "_FILTER_BLOCK", 16)  # several blocks and a ragged last one
+    g = _gen(7)
+    a = torch.rand(2, 3, *hw, generator=g)
+    b = (a + 0.3 * torch.rand(2, 3, *hw, generator=g)).clamp(0, 1)
+    ours = ssim(a, b)
+    for i in range(2):
+        ref = structural_similarity((a[i] * 255).double().permute(1, 2, 0).numpy(),
+                                    (b[i] * 255).double().permute(1, 2, 0).numpy(), data_range=255,
+                                    channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        assert abs(ours[i].item() - ref) < 1e-6

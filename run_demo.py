@@ -1,0 +1,221 @@
+"""The whole HyperCUT pipeline on the embedded dataset, in one command.
+
+  python run_demo.py                  # about 35 min on 2 CPU cores (less on a GPU)
+  python run_demo.py --quick          # a tiny version of every stage, about 2 min: checks the whole path
+  python run_demo.py --device cuda --num_workers 4
+
+Stages, each one of the project's scripts run as a user would (their commands are printed):
+
+  1. dataset      prepare_dataset.py synthetic (skipped when --data already holds a dataset; it is
+                  then validated with prepare_dataset.py summary)
+  2. hypercut     train_hypercut.py, then test_hypercut.py on the test split (hit / con)
+  3. order        generate_order.py: DATA/metadata_hypercut_demo.json, every sequence in HyperCUT's order
+  4. deblur       train_blur2vid.py with the Jin backbone (narrow, --width_mult), twice: --loss_type naive
+                  (the baseline) and --loss_type hypercut (canonical ground truth + alpha * R)
+  5. evaluate     test_blur2vid.py for both (pPSNR / pSSIM / PSNR / SSIM per frame, hit/con of the
+                  predictions; LPIPS when its weights are on disk, otherwise --no_lpips)
+  6. inference    inference.py on four blurry test images: OUT/inference/<image>/frame_k.png
+
+Everything goes to --out (default runs/demo, or runs/demo_quick with --quick): checkpoints/, the JSON
+and CSV of every evaluation, inference/ and summary.md, the tables side by side. Running it again
+continues: finished stages are skipped, an interrupted training resumes from its last epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+
+# Full demo: the settings of the README's measured results (HyperCUT) and a narrow Jin that trains on a
+# CPU in minutes. Quick demo: the same stages on a tiny dataset.
+SETTINGS = {
+    "full": {
+        "data": "data/synthetic", "out": "runs/demo",
+        "dataset": [],
+        "hypercut": ["--crop_size", "64", "--batch_size", "8", "--lr", "5e-5", "--epochs", "24",
+                     "--decay_type", "step_12_18_22", "--gamma", "0.5", "--val_epoch", "4"],
+        "hypercut_epochs": 24,
+        "jin": ["--width_mult", "0.25", "--crop_size", "64", "--batch_size", "8", "--epochs", "12",
+                "--val_epoch", "4", "--display_step", "200"],
+        "jin_epochs": 12,
+    },
+    "quick": {
+        "data": "runs/demo_quick/data", "out": "runs/demo_quick",
+        "dataset": ["--size", "64", "--num_train", "16", "--num_val", "4", "--num_test", "4"],
+        "hypercut": ["--crop_size", "48", "--batch_size", "4", "--lr", "5e-5", "--epochs", "2", "--val_epoch", "1"],
+        "hypercut_epochs": 2,
+        "jin": ["--width_mult", "0.125", "--crop_size", "40", "--batch_size", "4", "--epochs", "1",
+                "--val_epoch", "1", "--display_step", "0"],
+        "jin_epochs": 1,
+    },
+}
+INFERENCE_IMAGES = 4
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny dataset and runs (a smoke test of the pipeline)")
+    p.add_argument("--data", default=None, help="dataset root (default data/synthetic; quick: OUT/data)")
+    p.add_argument("--out", default=None, help="output folder (default runs/demo; quick: runs/demo_quick)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--num_workers", type=int, default=1, help="data loader workers of every stage")
+    return p
+
+
+def run_stage(name: str, script: str, args: list[str], log) -> None:
+    cmd = [sys.executable, script] + [str(a) for a in args]
+    shown = "python " + shlex.join([script] + [str(a) for a in args])
+    print(f"\n== {name}: {shown}", flush=True)
+    log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {name}: {shown}\n")
+    log.flush()
+    start = time.time()
+    rc = subprocess.call(cmd, cwd=REPO)
+    log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {name}: exit {rc} after {time.time() - start:.1f} s\n")
+    log.flush()
+    if rc != 0:
+        raise StageFailed(f"stage '{name}' failed (exit {rc}); its message is above. Fix it and run the "
+                          "same command again: finished stages are skipped")
+
+
+def train_args(run_dir: Path, epochs: int) -> list[str] | None:
+    """None when the run already finished; ["--resume"] when a training state exists; [] to start."""
+    if (run_dir / "models" / f"{epochs:04d}.pth").exists():
+        return None
+    if (run_dir / "training_states" / "latest.pth").exists():
+        return ["--resume"]
+    return []
+
+
+def lpips_available() -> bool:
+    from utils.metrics import alexnet_weights_path
+    return alexnet_weights_path().exists()
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def summary_markdown(hc: dict, tests: dict[str, dict], out: Path, mode: str) -> str:
+    from utils.report import markdown_table
+    lines = [f"# HyperCUT demo ({mode})", "", "## HyperCUT ordering, test split", ""]
+    keys = ["hit", "hit_x2_x6", "hit_x3_x5", "con@2", "con@3", "num_sequences"]
+    lines.append(markdown_table(keys, [[hc[k] for k in keys]]))
+    lines += ["", "## Jin deblurring, test split (mean over the 7 frames)", ""]
+    names = ["pPSNR", "pSSIM", "pLPIPS", "PSNR", "SSIM", "LPIPS"]
+    extra = ["hit", "con@3"]
+    rows = []
+    for loss, res in tests.items():
+        row = [loss]
+        for k in names:
+            v = res.get(f"{k}_mean")
+            row.append("skipped" if v is None else v)
+        row += [res.get(k, "-") for k in extra]
+        rows.append(row)
+    lines.append(markdown_table(["loss"] + names + [f"predictions {k}" for k in extra], rows))
+    lines += ["", "pPSNR per frame (1..7):", ""]
+    lines.append(markdown_table(["loss"] + [str(i + 1) for i in range(len(next(iter(tests.values()))["pPSNR"]))],
+                                [[loss] + res["pPSNR"] for loss, res in tests.items()]))
+    lines += ["", f"Files: {out}/checkpoints/, {out}/*_test.json and .csv, {out}/inference/.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    cfg = SETTINGS[mode]
+    data = Path(args.data or cfg["data"])
+    out = Path(args.out or cfg["out"])
+    if not data.is_absolute():
+        data = (REPO / data) if args.data is None else data.resolve()
+    if not out.is_absolute():
+        out = (REPO / out) if args.out is None else out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    ckpts = out / "checkpoints"
+    common = ["--device", args.device, "--num_workers", str(args.num_workers)]
+    started = time.time()
+    try:
+        with open(out / "demo_log.txt", "a") as log:
+            # 1. dataset
+            if (data / "metadata.json").exists():
+                run_stage("dataset", "prepare_dataset.py", ["summary", "--out", data], log)
+            else:
+                run_stage("dataset", "prepare_dataset.py", ["synthetic", "--out", data] + cfg["dataset"], log)
+
+            # 2. HyperCUT
+            hc_dir = ckpts / "hypercut"
+            extra = train_args(hc_dir, cfg["hypercut_epochs"])
+            if extra is not None:
+                run_stage("train HyperCUT", "train_hypercut.py",
+                          ["--metadata_root", data, "--exp_name", "hypercut", "--checkpoints_dir", ckpts]
+                          + cfg["hypercut"] + common + extra, log)
+            hc_ckpt = hc_dir / "models" / f"{cfg['hypercut_epochs']:04d}.pth"
+            hc_json = out / "hypercut_test.json"
+            run_stage("test HyperCUT", "test_hypercut.py",
+                      ["--metadata_root", data, "--pretrained_path", hc_ckpt, "--output_json", hc_json] + common, log)
+
+            # 3. order
+            ordered = data / "metadata_hypercut_demo.json"
+            run_stage("order", "generate_order.py",
+                      ["--metadata_root", data, "--pretrained_path", hc_ckpt, "--save_path", ordered,
+                       "--overwrite", "--device", args.device], log)
+
+            # 4-5. deblurring runs and their evaluation
+            lpips_flag = [] if lpips_available() else ["--no_lpips"]
+            tests = {}
+            for loss in ("naive", "hypercut"):
+                exp = f"jin_{loss}"
+                extra = train_args(ckpts / exp, cfg["jin_epochs"])
+                hc_flag = ["--hypercut_path", hc_ckpt]  # naive: only adds hit/con of the predictions
+                if extra is not None:
+                    run_stage(f"train Jin ({loss})", "train_blur2vid.py",
+                              ["--metadata_root", data, "--exp_name", exp, "--checkpoints_dir", ckpts,
+                               "--backbone", "Jin", "--loss_type", loss] + hc_flag + cfg["jin"] + common + extra, log)
+                model = ckpts / exp / "models" / f"{cfg['jin_epochs']:04d}.pth"
+                result = out / f"{exp}_test.json"
+                run_stage(f"test Jin ({loss})", "test_blur2vid.py",
+                          ["--metadata_root", data, "--pretrained_path", model, "--output_json", result]
+                          + hc_flag + lpips_flag + common, log)
+                tests[loss] = read_json(result)
+
+            # 6. inference on a few blurry test images (copied, so the input folder holds only them)
+            from datasets.metadata import load_split
+            _, entries = load_split(data, "test", check=False)
+            inputs = out / "inference_input"
+            inputs.mkdir(exist_ok=True)
+            for e in entries[:INFERENCE_IMAGES]:
+                target = inputs / (e.id.replace("/", "_") + Path(e.blur_path).suffix)
+                if not target.exists():
+                    shutil.copyfile(e.blur_path, target)
+            run_stage("inference", "inference.py",
+                      ["--backbone", "Jin", "--pretrained_path", ckpts / "jin_hypercut" / "models" /
+                       f"{cfg['jin_epochs']:04d}.pth", "--blur_path", inputs, "--output_path", out / "inference",
+                       "--device", args.device], log)
+
+            text = summary_markdown(read_json(hc_json), tests, out, mode)
+            from utils.checkpoint import atomic_write_text
+            atomic_write_text(out / "summary.md", text)
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} done in {time.time() - started:.0f} s\n")
+    except StageFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    print("\n" + text)
+    print(f"demo finished in {(time.time() - started) / 60:.1f} min; summary: {out / 'summary.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
