@@ -1,0 +1,42 @@
+"""run_demo.py --quick: every stage of the pipeline from the command line, outputs checked; a rerun skips
+finished stages."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_quick_demo_end_to_end(tmp_path):
+    out, data = tmp_path / "demo", tmp_path / "data"
+    cmd = [sys.executable, str(REPO / "run_demo.py"), "--quick", "--out", str(out), "--data", str(data),
+           "--device", "cpu", "--num_workers", "0"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    assert (data / "metadata.json").exists() and (data / "metadata_hypercut_demo.json").exists()
+    ordered = json.loads((data / "metadata_hypercut_demo.json").read_text())
+    assert {e["order"] for e in ordered["data"]} <= {"ignore", "reverse"}
+    hc = json.loads((out / "hypercut_test.json").read_text())
+    assert hc["num_sequences"] == 4 and 0.0 <= hc["hit"] <= 1.0
+    for loss in ("naive", "hypercut"):
+        res = json.loads((out / f"jin_{loss}_test.json").read_text())
+        assert res["num_sequences"] == 4 and len(res["pPSNR"]) == 7
+        assert res["pLPIPS"] is None or len(res["pLPIPS"]) == 7
+        assert 3.0 < res["pPSNR_mean"] < 60.0 and res["pPSNR_mean"] >= res["PSNR_mean"] - 1e-9
+        assert (out / f"jin_{loss}_test.csv").exists()
+    frames = sorted((out / "inference").glob("*/frame_*.png"))
+    assert len(frames) == 4 * 7
+    assert np.asarray(Image.open(frames[0])).shape == (64, 64, 3)
+    summary = (out / "summary.md").read_text()
+    assert "| naive |" in summary and "| hypercut |" in summary and "hit" in summary
+
+    # a second run skips both trainings and ends with the same summary
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "train_hypercut.py" not in again.stdout and "train_blur2vid.py" not in again.stdout
+    assert (out / "summary.md").read_text() == summary
