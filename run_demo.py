@@ -1,6 +1,6 @@
 """The whole HyperCUT pipeline on the embedded dataset, in one command.
 
-  python run_demo.py                  # about 35 min on 2 CPU cores (less on a GPU)
+  python run_demo.py                  # about 30 min on 2 CPU cores (its stages measured one by one)
   python run_demo.py --quick          # a tiny version of every stage, about 2 min: checks the whole path
   python run_demo.py --device cuda --num_workers 4
 
