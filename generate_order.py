@@ -32,7 +32,7 @@ from models.hypercut import load_hypercut, order_decisions
 from utils.checkpoint import CheckpointError
 from utils.device import resolve_device
 from utils.report import markdown_table
-from utils.training import ArgumentParser, error_line, fail, hypercut_scores, make_eval_loader
+from utils.training import ArgumentParser, check_eval_loader_args, error_line, fail, hypercut_scores, make_eval_loader
 
 
 def build_parser() -> ArgumentParser:
@@ -97,10 +97,7 @@ def judge(args, device, meta: dict, source: Path) -> torch.Tensor:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.batch_size < 1:
-            raise ValueError(f"--batch_size must be >= 1 (got {args.batch_size})")
-        if args.num_workers < 0:
-            raise ValueError(f"--num_workers must be >= 0 (got {args.num_workers})")
+        check_eval_loader_args(args)
         source = metadata_file(args.metadata_root)
         meta = read_metadata(source)
         out = output_path(args, source, meta)  # check before the (long) scoring

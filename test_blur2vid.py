@@ -35,7 +35,7 @@ from utils.evaluation import evaluate
 from utils.images import save_frames
 from utils.metrics import LPIPSMetric, LPIPSWeightsError, SequenceMetrics
 from utils.report import markdown_table, write_csv, write_json
-from utils.training import add_data_args, error_line, fail, make_eval_loader
+from utils.training import add_data_args, check_eval_loader_args, error_line, fail, make_eval_loader
 
 METRICS = ("pPSNR", "pSSIM", "pLPIPS", "PSNR", "SSIM", "LPIPS")
 ORDERING = ("hit", "hit_x2_x6", "hit_x3_x5", "con@2", "con@3")
@@ -70,10 +70,7 @@ def entry_folder(entry_id: str, index: int) -> str:
 
 def run_test(args) -> dict:
     """Evaluate and return the result dict (what --output_json holds)."""
-    if args.batch_size < 1:
-        raise ValueError(f"--batch_size must be >= 1 (got {args.batch_size})")
-    if args.num_workers < 0:
-        raise ValueError(f"--num_workers must be >= 0 (got {args.num_workers})")
+    check_eval_loader_args(args)
     device = resolve_device(args.device)
     # LPIPS first: a missing weights file stops the run before any work is done
     lpips = None if args.no_lpips else LPIPSMetric(device)

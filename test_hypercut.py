@@ -28,7 +28,7 @@ from utils.checkpoint import CheckpointError
 from utils.device import resolve_device
 from utils.metrics import hit_con
 from utils.report import markdown_table, write_json
-from utils.training import ArgumentParser, error_line, fail, hypercut_scores, make_eval_loader
+from utils.training import ArgumentParser, check_eval_loader_args, error_line, fail, hypercut_scores, make_eval_loader
 
 FIGURES = ("hit", "hit_x2_x6", "hit_x3_x5", "con@2", "con@3", "num_sequences")
 
@@ -61,10 +61,7 @@ def evaluate(args) -> dict:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.batch_size < 1:
-            raise ValueError(f"--batch_size must be >= 1 (got {args.batch_size})")
-        if args.num_workers < 0:
-            raise ValueError(f"--num_workers must be >= 0 (got {args.num_workers})")
+        check_eval_loader_args(args)
         figures = evaluate(args)
     except (MetadataError, CheckpointError, ValueError) as e:
         fail(error_line(e))

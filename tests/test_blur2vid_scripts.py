@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli import one_line_error
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -39,15 +40,6 @@ WIDTH = "0.125"
 
 
 # --- helpers and fixtures -----------------------------------------------------------------------------
-
-def one_line_error(capsys, main, argv) -> str:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
-
 
 def read_png(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))

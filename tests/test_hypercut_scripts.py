@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli import one_line_error
 import torch
 import torch.nn.functional as F
 
@@ -77,15 +78,6 @@ def run_train(argv):
     args = train_hypercut.build_parser().parse_args(argv)
     train_hypercut.check_args(args)
     return train_hypercut.train(args)
-
-
-def one_line_error(capsys, main, argv) -> str:
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,14 @@ def add_common_args(parser: argparse.ArgumentParser, *, epochs: int = 100, batch
     g.add_argument("--load_epoch", type=int, default=None, help="continue from the training state of this epoch")
 
 
+def check_eval_loader_args(args) -> None:
+    """--batch_size and --num_workers of the evaluation scripts; one ValueError naming the flag."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1 (got {args.batch_size})")
+    if args.num_workers < 0:
+        raise ValueError(f"--num_workers must be >= 0 (got {args.num_workers})")
+
+
 def validate_common_args(args) -> None:
     problems = []
     for name in ("epochs", "batch_size", "val_epoch", "crop_size"):
