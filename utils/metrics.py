@@ -128,8 +128,8 @@ def _gaussian_filter_last(x: Tensor, k: Tensor) -> Tensor:
     """'valid' 1-D filtering of the last axis: (..., L + 2r) -> (..., L), with k of length 2r + 1.
 
     Done as blocks of _FILTER_BLOCK outputs, each one small matmul with a banded (B + 2r, B) matrix.
-    For float64 this is an order of magnitude faster than torch's grouped conv2d (which has no fast
-    float64 path on CPU), and its cost per pixel does not grow with the image size.
+    For float64 this is several times faster than torch's grouped conv2d (measured on CPU:
+    benchmarks/results/metrics_speed.md), and its cost per pixel does not grow with the image size.
     """
     taps = k.numel()
     r = taps // 2
