@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.chunking import chunk_size, default_budget
 from models.convention import RGB_UNIT
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -35,6 +36,25 @@ def _conv(cin: int, cout: int, kernel: int, dilation: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel, padding=dilation * (kernel // 2), dilation=dilation, bias=False)
 
 
+def _norm_relu_pair(x: torch.Tensor, norm_a: nn.InstanceNorm2d, norm_b: nn.InstanceNorm2d):
+    """(relu(norm_a(x)), relu(norm_b(x))) with the statistics of x computed once.
+
+    Both branches of a block normalise the same input; only their affines differ. Each output is
+    x * scale + shift with per-(image, channel) scale = w / sqrt(var + eps) and shift = b - mean * scale,
+    the form torch's own CPU kernel uses for normalisation with given statistics. Differentiable as is
+    (gradients flow through mean and var as in InstanceNorm2d).
+    """
+    stats_x = x if x.dtype in (torch.float32, torch.float64) else x.float()  # e.g. bf16 under autocast
+    var, mean = torch.var_mean(stats_x, dim=(2, 3), keepdim=True, correction=0)
+    rstd = torch.rsqrt(var + norm_a.eps)
+    out = []
+    for norm in (norm_a, norm_b):
+        scale = norm.weight.view(1, -1, 1, 1) * rstd
+        shift = norm.bias.view(1, -1, 1, 1) - mean * scale
+        out.append(torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype)).relu_())
+    return out
+
+
 class ResBlock(nn.Module):
     """x + [norm, ReLU, conv1x1](x) + [norm, ReLU, conv3x3, norm, ReLU, conv3x3](x), pre-activation."""
 
@@ -48,10 +68,10 @@ class ResBlock(nn.Module):
         self.conv4 = _conv(channels, channels, 3, dilation[1])
 
     def forward(self, x):
-        shortcut = self.conv1(F.relu(self.norm1(x)))
-        y = self.conv2(F.relu(self.norm2(x)))
-        y = self.conv4(F.relu(self.norm4(y)))
-        return x + shortcut + y
+        a, b = _norm_relu_pair(x, self.norm1, self.norm2)
+        y = self.conv4(self.norm4(self.conv2(b)).relu_())
+        # in place on a conv output: its backward needs the conv's input and weight, not the output
+        return y.add_(self.conv1(a)).add_(x)
 
 
 class FusionBlock(nn.Module):
@@ -65,7 +85,8 @@ class FusionBlock(nn.Module):
         self.conv2 = _conv(cin, cout, 3)
 
     def forward(self, x):
-        return self.conv1(F.relu(self.norm1(x))) + self.conv2(F.relu(self.norm2(x)))
+        a, b = _norm_relu_pair(x, self.norm1, self.norm2)
+        return self.conv2(b).add_(self.conv1(a))
 
 
 def _stage(channels: int, dilations) -> nn.Sequential:
@@ -88,6 +109,19 @@ def _to_space(x: torch.Tensor, factor: int, colours: int) -> torch.Tensor:
     return y.reshape(-1, colours, y.shape[-2], y.shape[-1])
 
 
+def _in_chunks(trunk, inputs: tuple, width: int, budget: int | None) -> torch.Tensor:
+    """trunk(*inputs) over the batch axis in chunks whose width-channel activations fit the budget
+    (default: the CPU cache share of models/chunking.py). The trunks see each colour of each image
+    alone, so chunks of colours give the same result as the whole batch."""
+    x = inputs[0]
+    if budget is None:
+        budget = default_budget(x.device)
+    n = chunk_size(x.shape[0], width * x.shape[-2] * x.shape[-1] * x.element_size(), budget)
+    if n >= x.shape[0]:
+        return trunk(*inputs)
+    return torch.cat([trunk(*parts) for parts in zip(*(t.split(n) for t in inputs))])
+
+
 class MiddleNetwork(nn.Module):
     """Frame 4 from the blur (official file center_v3.pth). 4,972,032 parameters at width 1."""
 
@@ -107,16 +141,21 @@ class MiddleNetwork(nn.Module):
         self.GlobalGrad = nn.Sequential(ResBlock(tail))
         self.norm3 = _norm(tail)
         self.conv3 = _conv(tail, 3, 3)
+        self.chunk_bytes: int | None = None  # trunk chunk budget; None = automatic (models/chunking.py)
 
     def forward(self, blur):
         b = _to_depth(blur, self.factor)
+        y = _in_chunks(self._trunk, (b,), self.conv1_B.out_channels, self.chunk_bytes)
+        y = self.GlobalGrad(self.conv2(_to_space(y, self.factor, blur.shape[1])))
+        return self.conv3(F.relu(self.norm3(y))) + blur
+
+    def _trunk(self, b):
+        """Low-resolution part, one colour per batch item: (N, 16, h, w) -> (N, 16, h, w)."""
         f1 = self.LocalGrad1(self.conv1_B(b))
         f2 = self.LocalGrad2(f1)
         f3 = self.LocalGrad3(f2)
         f4 = self.LocalGrad4(f3)
-        y = b + self.fuse1(f1) + self.fuse2(f2) + self.fuse3(f3) + self.fuse4(f4)
-        y = self.GlobalGrad(self.conv2(_to_space(y, self.factor, blur.shape[1])))
-        return self.conv3(F.relu(self.norm3(y))) + blur
+        return b + self.fuse1(f1) + self.fuse2(f2) + self.fuse3(f3) + self.fuse4(f4)
 
 
 class InnerNetwork(nn.Module):
@@ -143,16 +182,22 @@ class InnerNetwork(nn.Module):
         self.GlobalGrad = nn.Sequential(FusionBlock(tail, tail))
         self.norm3 = _norm(tail)
         self.conv3 = _conv(tail, 3, 3)
+        self.chunk_bytes: int | None = None  # trunk chunk budget; None = automatic (models/chunking.py)
 
     def forward(self, blur, s1, s2):
-        b, r1, r2 = (_to_depth(t, self.factor) for t in (blur, s1, s2))
+        depth = tuple(_to_depth(t, self.factor) for t in (blur, s1, s2))
+        width = self.conv1_B.out_channels + 2 * self.conv1_S1.out_channels
+        y = _in_chunks(self._trunk, depth, width, self.chunk_bytes)
+        y = self.GlobalGrad(self.conv2(_to_space(y, self.factor, blur.shape[1])))
+        return self.conv3(F.relu(self.norm3(y)))
+
+    def _trunk(self, b, r1, r2):
+        """Low-resolution part, one colour per batch item: 3 x (N, 25, h, w) -> (N, 25, h, w)."""
         f = torch.cat([self.conv1_B(b), self.conv1_S1(r1), self.conv1_S2(r2)], dim=1)
         f1 = self.LocalGrad1(f)
         f2 = self.LocalGrad2(f1)
         f3 = self.LocalGrad3(f2)
-        y = r2 + self.fuse1(f1) + self.fuse2(f2) + self.fuse3(f3)
-        y = self.GlobalGrad(self.conv2(_to_space(y, self.factor, blur.shape[1])))
-        return self.conv3(F.relu(self.norm3(y)))
+        return r2 + self.fuse1(f1) + self.fuse2(f2) + self.fuse3(f3)
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
