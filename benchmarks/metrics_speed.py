@@ -4,8 +4,8 @@
             SPEC 8 settings), on HWC float64 arrays
   conv2d    our SSIM as first written: reflect gather + grouped float64 F.conv2d (kept here as the
             baseline; torch has no fast float64 convolution on CPU)
-  ours      utils.metrics.ssim: batched maps; on the CPU filtered with scipy's correlate1d (skimage's own
-            filter), on other devices with blocked banded float64 matmuls
+  ours      utils.metrics.ssim: batched float32 maps of cache-sized chunks, filtered with blocked banded
+            matmuls (float64 input: float64, filtered on the CPU with scipy's correlate1d)
 
 All three give the same values (to 1e-12 between torch ways, to 1e-8 against scikit-image; checked
 each run). `update` is SequenceMetrics(mode="pair", no LPIPS).update on the same sequences: PSNR and
