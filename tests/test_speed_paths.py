@@ -1,0 +1,192 @@
+"""The speed paths compute the same functions: HyperCUT's fused stem and chunks, Jin's shared block
+statistics and per-colour chunks, SSIM's float32 path (outputs and gradients against the plain code)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import utils.metrics as metrics_module
+from models.backbones.jin import FusionBlock, JinBackbone, ResBlock, _norm_relu_pair
+from models.chunking import chunk_size, default_budget, set_chunk_bytes
+from models.hypercut import HyperCUT, hypercut_loss
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def grads(model):
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+# ------------------------------------------------------------------------------------------- HyperCUT
+
+def _hypercut_run(model, frames):
+    model.zero_grad(set_to_none=True)
+    emb, scores = model(frames)
+    hypercut_loss(scores)[0].backward()
+    return emb.detach(), scores.detach(), grads(model)
+
+
+# float64 shows the paths compute the same function; float32 shows rounding stays at its own level
+# (the stem bias gradient, a sum over every position with cancellation, differs by about 1e-5)
+@pytest.mark.parametrize("dtype,out_tol,grad_tol", [(torch.float64, 1e-10, 1e-10), (torch.float32, 1e-5, 5e-5)])
+@pytest.mark.parametrize("hw", [(40, 48), (33, 35), (37, 41)])  # even, odd in both axes, odd rows
+def test_fused_stem_and_chunks_match_plain_layers(hw, dtype, out_tol, grad_tol):
+    torch.manual_seed(0)
+    model = HyperCUT().to(dtype)
+    assert isinstance(model.f_func.model[2], torch.nn.Identity) and model.f_func.fuse_stem
+    frames = torch.rand(3, 7, 3, *hw, dtype=dtype)
+    fast = _hypercut_run(model, frames)
+    set_chunk_bytes(model, 1)  # one pair per chunk
+    chunked = _hypercut_run(model, frames)
+    model.f_func.fuse_stem = False
+    set_chunk_bytes(model, 1 << 40)  # one batch of 18 pairs through the layers one by one
+    plain = _hypercut_run(model, frames)
+    for got in (fast, chunked):
+        assert rel_err(got[0], plain[0]) < out_tol and rel_err(got[1], plain[1]) < out_tol
+        assert plain[2].keys() == got[2].keys() and len(plain[2]) == 36  # every conv weight and bias
+        for k in plain[2]:
+            assert rel_err(got[2][k], plain[2][k]) < grad_tol, k
+
+
+def test_fused_and_chunked_model_reproduces_reference(fixtures_dir):
+    fixture = torch.load(fixtures_dir / "hypercut_reference_encoder.pt", weights_only=True)
+    model = HyperCUT()
+    model.load_state_dict(fixture["state_dict"], strict=True)
+    set_chunk_bytes(model, 1)
+    with torch.no_grad():
+        emb, scores = model.eval().pair_scores_network(fixture["sharp_frames"])
+    assert rel_err(emb, fixture["embeddings"]) < 1e-4
+    assert rel_err(scores, fixture["projections"]) < 1e-4
+
+
+def test_real_slope_keeps_leaky_relu_unfused():
+    model = HyperCUT(slope=0.2)
+    assert not model.f_func.fuse_stem
+    assert all(isinstance(model.f_func.model[i], torch.nn.LeakyReLU) for i in (2, 4, 6, 8, 10, 12))
+    assert set(model.state_dict()) == set(HyperCUT().state_dict())
+
+
+def test_chunk_size_rules():
+    mib = 1 << 20
+    assert chunk_size(48, mib, 12 * mib) == 12
+    assert chunk_size(48, 100 * mib, 12 * mib) == 1  # never below one item
+    assert chunk_size(5, mib, 12 * mib) == 5
+    assert chunk_size(48, mib, None) == 48
+    assert default_budget(torch.device("cuda")) is None
+    assert default_budget(torch.device("cpu")) > 0
+
+
+# ------------------------------------------------------------------------------------------------ Jin
+
+def _random_affines(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if ".norm" in f".{name}" or name.startswith("norm"):
+                p.copy_((torch.randn(p.shape, generator=g) * 0.5 + (1.0 if name.endswith("weight") else 0.0)))
+
+
+def _plain_block(block, x):
+    """The blocks as written in Jin's official code: each norm on its own."""
+    a = block.conv1(F.relu(block.norm1(x)))
+    b = block.conv2(F.relu(block.norm2(x)))
+    if isinstance(block, FusionBlock):
+        return a + b
+    return x + a + block.conv4(F.relu(block.norm4(b)))
+
+
+@pytest.mark.parametrize("make", [lambda: ResBlock(12, (2, 1)), lambda: FusionBlock(12, 5)])
+def test_block_statistics_once_equal_two_norms(make):
+    torch.manual_seed(0)
+    block = make()
+    _random_affines(block)
+    x = (torch.randn(2, 12, 9, 11) * 3 + 2).requires_grad_()
+    out = block(x)
+    out.square().mean().backward()
+    g_fast, gx_fast = grads(block), x.grad.clone()
+    block.zero_grad(set_to_none=True)
+    x.grad = None
+    ref = _plain_block(block, x)
+    ref.square().mean().backward()
+    assert rel_err(out.detach(), ref.detach()) < 1e-5
+    assert rel_err(gx_fast, x.grad) < 1e-5
+    g_ref = grads(block)
+    assert g_fast.keys() == g_ref.keys()
+    for k in g_ref:
+        assert rel_err(g_fast[k], g_ref[k]) < 1e-5, k
+
+
+def test_norm_relu_pair_matches_instance_norm():
+    norm_a, norm_b = torch.nn.InstanceNorm2d(4, affine=True), torch.nn.InstanceNorm2d(4, affine=True)
+    _random_affines(torch.nn.ModuleDict({"norma": norm_a, "normb": norm_b}))
+    x = torch.randn(3, 4, 6, 7) * 5 + 10  # a large mean: the cancellation case
+    a, b = _norm_relu_pair(x, norm_a, norm_b)
+    assert rel_err(a, F.relu(norm_a(x))) < 1e-5 and rel_err(b, F.relu(norm_b(x))) < 1e-5
+
+
+def test_per_colour_chunks_equal_whole_batch():
+    # float64: through 60 normalised layers with random affines, float32 rounding alone moves some
+    # gradients by 1e-4 relative between any two summation orders; float64 shows the paths are equal
+    torch.manual_seed(0)
+    model = JinBackbone(width_mult=0.25).double()
+    _random_affines(model)
+    blur = torch.rand(2, 3, 40, 60, dtype=torch.float64)
+    set_chunk_bytes(model, 1 << 40)
+    whole = model(blur)
+    whole.square().mean().backward()
+    g_whole = grads(model)
+    model.zero_grad(set_to_none=True)
+    set_chunk_bytes(model, 1)  # one colour of one image per trunk call
+    chunked = model(blur)
+    chunked.square().mean().backward()
+    assert rel_err(chunked.detach(), whole.detach()) < 1e-10
+    g_chunked = grads(model)
+    for k in g_whole:
+        assert rel_err(g_chunked[k], g_whole[k]) < 1e-10, k
+    with torch.inference_mode():
+        assert (model.eval()(blur) - whole).abs().max().item() < 1e-10
+
+
+# ----------------------------------------------------------------------------------------------- SSIM
+
+def _skimage(a, b):
+    from skimage.metrics import structural_similarity
+    return structural_similarity((a.double() * 255).permute(1, 2, 0).numpy(), (b.double() * 255).permute(1, 2, 0).numpy(),
+                                 data_range=255, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+                                 use_sample_covariance=False)
+
+
+def test_float32_ssim_on_near_flat_saturated_images():
+    """Small variances on a large mean: where E[x^2] - E[x]^2 would lose float32 precision."""
+    g = torch.Generator().manual_seed(0)
+    pairs = []
+    for level, noise in ((1.0, 0.001), (0.0, 0.001), (0.999, 0.001), (0.98, 0.02)):
+        base = torch.full((3, 13, 15), level)
+        pairs.append(((base + noise * torch.randn(base.shape, generator=g)).clamp(0, 1),
+                      (base + noise * torch.randn(base.shape, generator=g)).clamp(0, 1)))
+    a, b = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    ours = metrics_module.ssim(a, b)
+    assert ours.dtype == torch.float32
+    for i in range(len(pairs)):
+        assert abs(ours[i].item() - _skimage(a[i], b[i])) < 1e-4
+
+
+def test_float64_paths_agree(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(2, 3, 67, 130, generator=g, dtype=torch.float64)
+    b = (a + 0.2 * torch.rand(a.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    scipy_path = metrics_module.ssim(a, b)
+    monkeypatch.setattr(metrics_module, "_SCIPY_ON_CPU", False)
+    matmul_path = metrics_module.ssim(a, b)
+    assert scipy_path.dtype == matmul_path.dtype == torch.float64
+    assert (scipy_path - matmul_path).abs().max().item() < 1e-10
+    assert abs(scipy_path[0].item() - _skimage(a[0], b[0])) < 1e-10
+
+
+def test_ssim_chunks_do_not_change_values(monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.rand(2, 3, 3, 20, 24, generator=g), torch.rand(2, 3, 3, 20, 24, generator=g)
+    whole = metrics_module.ssim(a, b)
+    monkeypatch.setattr(metrics_module, "_SSIM_CHUNK_PIXELS", 1)  # one plane per chunk
+    torch.testing.assert_close(metrics_module.ssim(a, b), whole, rtol=0, atol=1e-6)
