@@ -119,7 +119,7 @@ class ResnetIm2Vec(nn.Module):
 
     def _fused_stem(self, x: torch.Tensor) -> torch.Tensor:
         """model[0:5] (reflect pad 3, conv7x7, identity, conv3x3 stride 2 zero pad 1, identity) as one
-        conv: 2.3x fewer FLOPs, and no stem activation to store or back-propagate through.
+        conv: 3x fewer FLOPs, and no stem activation to store or back-propagate through.
 
         The composed kernel K = conv3x3 * conv7x7 is 9x9, applied with stride 2 to the input reflect-
         padded by 4. That equals the two layers except where the down conv reads its zero padding

@@ -37,13 +37,22 @@ def _conv(cin: int, cout: int, kernel: int, dilation: int = 1) -> nn.Conv2d:
 
 
 def _norm_relu_pair(x: torch.Tensor, norm_a: nn.InstanceNorm2d, norm_b: nn.InstanceNorm2d):
-    """(relu(norm_a(x)), relu(norm_b(x))) with the statistics of x computed once.
+    """(relu(norm_a(x)), relu(norm_b(x))): the two branches of a block normalise the same input.
 
-    Both branches of a block normalise the same input; only their affines differ. Each output is
-    x * scale + shift with per-(image, channel) scale = w / sqrt(var + eps) and shift = b - mean * scale,
-    the form torch's own CPU kernel uses for normalisation with given statistics. Differentiable as is
-    (gradients flow through mean and var as in InstanceNorm2d).
+    Without autograd the statistics of x are computed once (_shared_norm_relu). Under autograd the two
+    fused InstanceNorm kernels are faster than the shared form's backward (measured on CPU: a training
+    step of a 144-channel block 7% slower, of a 64-channel block 30% slower with shared statistics;
+    inference 3-11% faster), so with gradients enabled each branch keeps its own norm.
     """
+    if torch.is_grad_enabled():
+        return [F.relu(norm_a(x)), F.relu(norm_b(x))]
+    return _shared_norm_relu(x, norm_a, norm_b)
+
+
+def _shared_norm_relu(x: torch.Tensor, norm_a: nn.InstanceNorm2d, norm_b: nn.InstanceNorm2d):
+    """_norm_relu_pair with the per-(image, channel) mean and variance of x computed once. Each output
+    is x * scale + shift with scale = w / sqrt(var + eps) and shift = b - mean * scale, the form torch's
+    own CPU kernel uses for normalisation with given statistics. Differentiable."""
     stats_x = x if x.dtype in (torch.float32, torch.float64) else x.float()  # e.g. bf16 under autocast
     var, mean = torch.var_mean(stats_x, dim=(2, 3), keepdim=True, correction=0)
     rstd = torch.rsqrt(var + norm_a.eps)
