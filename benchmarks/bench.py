@@ -156,14 +156,25 @@ def interleaved(fns: dict, device, repeats: int, warmup: int = 1) -> dict:
 _M_MMAP_THRESHOLD = -3
 
 
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def _tune_malloc_for_rss() -> bool:
     """Make glibc return large blocks to the OS on free (mmap from 1 MiB on), so the resident set
     follows what torch holds and its peak measures a step's memory. False where that is not possible."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20))
-    except (OSError, AttributeError):
-        return False
+    libc = _libc()
+    return bool(libc is not None and hasattr(libc, "mallopt") and libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20))
+
+
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc keeps it otherwise, hiding a later peak)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def _rss_bytes() -> int:
@@ -195,15 +206,21 @@ class PeakMemory:
 
     def __init__(self, device: torch.device):
         self.device = device
+        self.deferred = device.type != "cuda"  # measured after all timings (see prepare)
         if device.type == "cuda":
             self.method = "torch.cuda.max_memory_allocated above the memory allocated before the call"
         elif _reset_peak_rss() and Path("/proc/self/status").exists():
-            tuned = _tune_malloc_for_rss()
             self.method = ("peak resident set size (VmHWM, reset before each call) above the resident set "
-                           "before the call" + ("; glibc mmap threshold 1 MiB so freed tensors leave the "
-                                                "resident set" if tuned else ""))
+                           "before the call")
         else:
             self.method = "growth of resource.getrusage maxrss (a lower bound: 0 unless a new process peak)"
+
+    def prepare(self) -> None:
+        """On a CPU, after every timing: from here on glibc returns freed blocks of 1 MiB and more to the
+        OS, so the resident set follows what torch holds. (Fresh pages for every large tensor slow
+        allocation-heavy code down, which is why no timing runs after this.)"""
+        if self.method.startswith("peak") and _tune_malloc_for_rss():
+            self.method += "; measured after all timings, with glibc's mmap threshold at 1 MiB so freed tensors leave it"
 
     def __call__(self, fn) -> int:
         if self.device.type == "cuda":
@@ -214,6 +231,7 @@ class PeakMemory:
             sync(self.device)
             return torch.cuda.max_memory_allocated(self.device) - before
         if self.method.startswith("peak"):
+            _trim_heap()
             before = _rss_bytes()
             _reset_peak_rss()
             fn()
@@ -317,7 +335,15 @@ def fmt_shape(shapes) -> str:
     return " + ".join("x".join(map(str, s)) for s in shapes)
 
 
-def run_case(case, device, args, baseline_root, peak, log) -> list[dict]:
+def measure_memory(pending: list, peak) -> None:
+    """Peak MB of each (row, key, step) in pending, which it empties."""
+    while pending:
+        row, key, fn = pending.pop(0)
+        row[key] = peak(fn) / 2**20
+
+
+def run_case(case, device, args, baseline_root, peak, memory, log) -> list[dict]:
+    """Rows of one model; on a CPU its memory measurements are appended to `memory` for later."""
     gen = torch.Generator().manual_seed(0)
     mod = load_module(case.module, None)
     torch.manual_seed(0)
@@ -364,17 +390,20 @@ def run_case(case, device, args, baseline_root, peak, log) -> list[dict]:
                 with case.exact_flops(model):
                     exact = count_flops(ours)
             row = {"case": case.name, "mode": mode, "precision": prec, "input": fmt_shape(shapes),
-                   "ms": secs["ours"] * 1e3, "samples_s": samples / secs["ours"], "peak_mb": peak(ours) / 2**20,
+                   "ms": secs["ours"] * 1e3, "samples_s": samples / secs["ours"],
                    "gflop": flops / 1e9, "arch_gflop": exact / 1e9,
                    "arch_flop_s": exact / secs["ours"], "run_flop_s": flops / secs["ours"]}
+            memory.append((row, "peak_mb", ours))
             if "base" in secs:
-                row.update(base_ms=secs["base"] * 1e3, speedup=secs["base"] / secs["ours"],
-                           base_peak_mb=peak(fns["base"]) / 2**20)
+                row.update(base_ms=secs["base"] * 1e3, speedup=secs["base"] / secs["ours"])
+                memory.append((row, "base_peak_mb", fns["base"]))
+            if not peak.deferred:
+                measure_memory(memory, peak)
             rows.append(row)
             log(f"    {row['ms']:.1f} ms" + (f", baseline {row['base_ms']:.1f} ms ({row['speedup']:.2f}x)"
                                             if "base_ms" in row else ""))
-    del model, base_model
     if device.type == "cuda":
+        del model, base_model
         torch.cuda.empty_cache()
     return rows
 
@@ -557,15 +586,19 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         matmul["bf16"] = matmul_flops_per_s(device, torch.bfloat16)
         matmul["fp16"] = matmul_flops_per_s(device, torch.float16)
-    rows = []
+    rows, memory = [], []
     for case in cases:
-        rows += run_case(case, device, args, baseline_root, peak, log)
+        rows += run_case(case, device, args, baseline_root, peak, memory, log)
     scoring = ssim_rows = []
     if not args.no_extras:
         scoring = run_scoring(device, args, baseline_root, log)
         ssim_rows = run_ssim(device, args, log)
     matmul_end = matmul_flops_per_s(device)
     matmul["fp32"] = max(matmul["fp32"], matmul_end)  # the better of start and end: what the machine could do
+    if memory:
+        log("  peak memory ...")
+        peak.prepare()
+        measure_memory(memory, peak)
     notes = [baseline_note] + [n for c in cases for n in c.notes]
     text = render(args, device, rows, scoring, ssim_rows, matmul, notes, peak.method, load_start,
                   time.perf_counter() - start)
