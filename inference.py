@@ -12,7 +12,6 @@ file written to a temporary name and renamed.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -21,24 +20,27 @@ import torch
 
 from datasets.transforms import ImageReadError, read_image
 from models import backbone_names, load_backbone
-from utils.checkpoint import CheckpointError
+from utils.cli import ArgumentParser, add_runtime_args, check_flags, run_main
 from utils.device import resolve_device
+from utils.errors import FlagError
 from utils.images import save_frames
-from utils.training import error_line, fail, progress
+from utils.training import progress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--backbone", default="Jin", choices=backbone_names())
     p.add_argument("--pretrained_path", required=True,
                    help="a train_blur2vid.py checkpoint, or a folder with Jin's four official files")
     p.add_argument("--blur_path", required=True, help="a blurry image, or a folder of them")
-    p.add_argument("--output_path", required=True, help="folder for OUTPUT/<image stem>/frame_k.png")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--output_path", default="output", help="folder for OUTPUT/<image stem>/frame_k.png")
+    p.add_argument("--target_frames", type=int, nargs="+", default=None,
+                   help="accepted for the reference's command line: the model's frames are all written")
     p.add_argument("--width_mult", type=float, default=None,
                    help="width of an official-weights folder's model (default 1.0); checked against a checkpoint's")
+    add_runtime_args(p, batch_size=None)
     return p
 
 
@@ -48,18 +50,18 @@ def list_images(blur_path) -> list[Path]:
     if path.is_dir():
         images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
-            raise ValueError(f"--blur_path {path} holds no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images")
+            raise FlagError(f"--blur_path {path} holds no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images")
     elif path.is_file():
         images = [path]
     else:
-        raise ValueError(f"--blur_path {path} does not exist")
+        raise FlagError(f"--blur_path {path} does not exist")
     stems: dict = {}
     for p in images:
         stems.setdefault(p.stem, []).append(p.name)
     clashes = {s: names for s, names in stems.items() if len(names) > 1}
     if clashes:
         s, names = next(iter(clashes.items()))
-        raise ValueError(f"{', '.join(names)} in {path} would share the output folder '{s}': rename one")
+        raise FlagError(f"{', '.join(names)} in {path} would share the output folder '{s}': rename one")
     return images
 
 
@@ -97,21 +99,23 @@ def run_inference(model, images, output_path, device, log=print) -> list[Path]:
     return folders
 
 
+def main_body(args) -> None:
+    check_flags(args)
+    images = list_images(args.blur_path)
+    check_readable(images)
+    out = Path(args.output_path)
+    if out.exists() and not out.is_dir():
+        raise FlagError(f"--output_path {out} exists and is not a folder")
+    device = resolve_device(args.device)
+    model = load_backbone(args.pretrained_path, map_location=device, name=args.backbone, width_mult=args.width_mult)
+    if args.target_frames is not None and sorted(args.target_frames) != list(range(1, model.num_frames + 1)):
+        raise FlagError(f"--target_frames: the model predicts frames 1..{model.num_frames}, and inference writes "
+                        "them all; leave the flag out")
+    run_inference(model, images, out, device)
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        images = list_images(args.blur_path)
-        check_readable(images)
-        out = Path(args.output_path)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--output_path {out} exists and is not a folder")
-        device = resolve_device(args.device)
-        model = load_backbone(args.pretrained_path, map_location=device, name=args.backbone,
-                              width_mult=args.width_mult)
-        run_inference(model, images, out, device)
-    except (CheckpointError, ImageReadError, ValueError) as e:
-        fail(error_line(e))
-    return 0
+    return run_main(build_parser, main_body, argv)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,12 @@
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter
 from pathlib import Path
 
-from datasets.metadata import MetadataError, PARTITIONS, load_split, read_metadata
+from datasets.metadata import PARTITIONS, load_split, read_metadata
+from utils.cli import ArgumentParser, run_main
 
 
 def print_summary(root) -> dict:
@@ -36,8 +36,8 @@ def print_summary(root) -> dict:
     return {"counts": dict(counts), "sizes": sizes}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="mode", required=True)
 
     syn = sub.add_parser("synthetic", help="render the embedded dataset from scikit-image's photographs")
@@ -68,36 +68,39 @@ def main(argv=None) -> int:
     sm = sub.add_parser("summary", help="validate a dataset and print its summary")
     sm.add_argument("--out", required=True, help="dataset root")
 
-    args = parser.parse_args(argv)
-    try:
-        if args.mode == "summary":
-            print_summary(args.out)
-            return 0
-        from datasets.writer import DatasetWriter
-        writer = DatasetWriter(args.out, overwrite=args.overwrite)
-        try:
-            if args.mode == "synthetic":
-                from datasets.synthetic import SyntheticConfig, generate
-                cfg = SyntheticConfig(size=args.size, subframes=args.subframes, seed=args.seed,
-                                      foreground_p=args.foreground_p,
-                                      counts={"train": args.num_train, "val": args.num_val, "test": args.num_test})
-                meta = generate(cfg, writer, progress=sys.stderr.isatty())
-            else:
-                from datasets import from_frames
-                cfg = from_frames.FramesConfig(window=args.window, stride=args.stride, frames=args.num_frames,
-                                               linear=not args.no_linear, val_fraction=args.val_fraction,
-                                               test_fraction=args.test_fraction, val_videos=tuple(args.val_videos),
-                                               test_videos=tuple(args.test_videos), seed=args.seed)
-                meta = from_frames.generate(args.src, cfg, writer, progress=sys.stderr.isatty())
-        except BaseException:
-            writer.abort()
-            raise
-        writer.commit(meta)
+    return parser
+
+
+def main_body(args) -> None:
+    if args.mode == "summary":
         print_summary(args.out)
-    except (MetadataError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return
+    from datasets.writer import DatasetWriter
+    writer = DatasetWriter(args.out, overwrite=args.overwrite)
+    try:
+        if args.mode == "synthetic":
+            from datasets.synthetic import SyntheticConfig, generate
+            cfg = SyntheticConfig(size=args.size, subframes=args.subframes, seed=args.seed,
+                                  foreground_p=args.foreground_p,
+                                  counts={"train": args.num_train, "val": args.num_val, "test": args.num_test})
+            meta = generate(cfg, writer, progress=sys.stderr.isatty())
+        else:
+            from datasets import from_frames
+            cfg = from_frames.FramesConfig(window=args.window, stride=args.stride, frames=args.num_frames,
+                                           linear=not args.no_linear, val_fraction=args.val_fraction,
+                                           test_fraction=args.test_fraction, val_videos=tuple(args.val_videos),
+                                           test_videos=tuple(args.test_videos), seed=args.seed)
+            meta = from_frames.generate(args.src, cfg, writer, progress=sys.stderr.isatty())
+    except BaseException:
+        writer.abort()  # nothing half-written is left at --out
+        raise
+    writer.commit(meta)
+    print_summary(args.out)
+
+
+def main(argv=None) -> int:
+    return run_main(build_parser, main_body, argv,
+                    interrupted="interrupted; nothing was written to --out (run the command again)")
 
 
 if __name__ == "__main__":

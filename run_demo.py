@@ -13,7 +13,7 @@ Stages, each one of the project's scripts run as a user would (their commands ar
   4. deblur       train_blur2vid.py with the Jin backbone (narrow, --width_mult), twice: --loss_type naive
                   (the baseline) and --loss_type hypercut (canonical ground truth + alpha * R)
   5. evaluate     test_blur2vid.py for both (pPSNR / pSSIM / PSNR / SSIM per frame, hit/con of the
-                  predictions; LPIPS when its weights are on disk, otherwise --no_lpips)
+                  predictions; LPIPS when its weights can be had, otherwise reported as skipped)
   6. inference    inference.py on four blurry test images: OUT/inference/<image>/frame_k.png
 
 Everything goes to --out (default runs/demo, or runs/demo_quick with --quick): checkpoints/, the JSON
@@ -22,7 +22,6 @@ continues: finished stages are skipped, an interrupted training resumes from its
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import shutil
@@ -30,6 +29,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from utils.cli import ArgumentParser, run_main
+from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parent
 
@@ -59,12 +61,12 @@ SETTINGS = {
 INFERENCE_IMAGES = 4
 
 
-class StageFailed(RuntimeError):
+class StageFailed(UserError):
     pass
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="tiny dataset and runs (a smoke test of the pipeline)")
     p.add_argument("--data", default=None, help="dataset root (default data/synthetic; quick: OUT/data)")
     p.add_argument("--out", default=None, help="output folder (default runs/demo; quick: runs/demo_quick)")
@@ -97,11 +99,6 @@ def train_args(run_dir: Path, epochs: int) -> list[str] | None:
     return []
 
 
-def lpips_available() -> bool:
-    from utils.metrics import alexnet_weights_path
-    return alexnet_weights_path().exists()
-
-
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -130,8 +127,7 @@ def summary_markdown(hc: dict, tests: dict[str, dict], out: Path, mode: str) -> 
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def main_body(args) -> int:
     mode = "quick" if args.quick else "full"
     cfg = SETTINGS[mode]
     data = Path(args.data or cfg["data"])
@@ -144,77 +140,73 @@ def main(argv=None) -> int:
     ckpts = out / "checkpoints"
     common = ["--device", args.device, "--num_workers", str(args.num_workers)]
     started = time.time()
-    try:
-        with open(out / "demo_log.txt", "a") as log:
-            # 1. dataset
-            if (data / "metadata.json").exists():
-                run_stage("dataset", "prepare_dataset.py", ["summary", "--out", data], log)
-            else:
-                run_stage("dataset", "prepare_dataset.py", ["synthetic", "--out", data] + cfg["dataset"], log)
+    with open(out / "demo_log.txt", "a") as log:
+        # 1. dataset
+        if (data / "metadata.json").exists():
+            run_stage("dataset", "prepare_dataset.py", ["summary", "--out", data], log)
+        else:
+            run_stage("dataset", "prepare_dataset.py", ["synthetic", "--out", data] + cfg["dataset"], log)
 
-            # 2. HyperCUT
-            hc_dir = ckpts / "hypercut"
-            extra = train_args(hc_dir, cfg["hypercut_epochs"])
+        # 2. HyperCUT
+        hc_dir = ckpts / "hypercut"
+        extra = train_args(hc_dir, cfg["hypercut_epochs"])
+        if extra is not None:
+            run_stage("train HyperCUT", "train_hypercut.py",
+                      ["--metadata_root", data, "--exp_name", "hypercut", "--checkpoints_dir", ckpts]
+                      + cfg["hypercut"] + common + extra, log)
+        hc_ckpt = hc_dir / "models" / f"{cfg['hypercut_epochs']:04d}.pth"
+        hc_json = out / "hypercut_test.json"
+        run_stage("test HyperCUT", "test_hypercut.py",
+                  ["--metadata_root", data, "--pretrained_path", hc_ckpt, "--output_json", hc_json] + common, log)
+
+        # 3. order
+        ordered = data / "metadata_hypercut_demo.json"
+        run_stage("order", "generate_order.py",
+                  ["--metadata_root", data, "--pretrained_path", hc_ckpt, "--save_path", ordered,
+                   "--overwrite", "--device", args.device], log)
+
+        # 4-5. deblurring runs and their evaluation
+        tests = {}
+        for loss in ("naive", "hypercut"):
+            exp = f"jin_{loss}"
+            extra = train_args(ckpts / exp, cfg["jin_epochs"])
+            hc_flag = ["--hypercut_path", hc_ckpt]  # naive: only adds hit/con of the predictions
             if extra is not None:
-                run_stage("train HyperCUT", "train_hypercut.py",
-                          ["--metadata_root", data, "--exp_name", "hypercut", "--checkpoints_dir", ckpts]
-                          + cfg["hypercut"] + common + extra, log)
-            hc_ckpt = hc_dir / "models" / f"{cfg['hypercut_epochs']:04d}.pth"
-            hc_json = out / "hypercut_test.json"
-            run_stage("test HyperCUT", "test_hypercut.py",
-                      ["--metadata_root", data, "--pretrained_path", hc_ckpt, "--output_json", hc_json] + common, log)
+                run_stage(f"train Jin ({loss})", "train_blur2vid.py",
+                          ["--metadata_root", data, "--exp_name", exp, "--checkpoints_dir", ckpts,
+                           "--backbone", "Jin", "--loss_type", loss] + hc_flag + cfg["jin"] + common + extra, log)
+            model = ckpts / exp / "models" / f"{cfg['jin_epochs']:04d}.pth"
+            result = out / f"{exp}_test.json"
+            run_stage(f"test Jin ({loss})", "test_blur2vid.py",
+                      ["--metadata_root", data, "--pretrained_path", model, "--output_json", result]
+                      + hc_flag + common, log)
+            tests[loss] = read_json(result)
 
-            # 3. order
-            ordered = data / "metadata_hypercut_demo.json"
-            run_stage("order", "generate_order.py",
-                      ["--metadata_root", data, "--pretrained_path", hc_ckpt, "--save_path", ordered,
-                       "--overwrite", "--device", args.device], log)
+        # 6. inference on a few blurry test images (copied, so the input folder holds only them)
+        from datasets.metadata import load_split
+        _, entries = load_split(data, "test", check=False)
+        inputs = out / "inference_input"
+        inputs.mkdir(exist_ok=True)
+        for e in entries[:INFERENCE_IMAGES]:
+            target = inputs / (e.id.replace("/", "_") + Path(e.blur_path).suffix)
+            if not target.exists():
+                shutil.copyfile(e.blur_path, target)
+        run_stage("inference", "inference.py",
+                  ["--backbone", "Jin", "--pretrained_path", ckpts / "jin_hypercut" / "models" /
+                   f"{cfg['jin_epochs']:04d}.pth", "--blur_path", inputs, "--output_path", out / "inference",
+                   "--device", args.device], log)
 
-            # 4-5. deblurring runs and their evaluation
-            lpips_flag = [] if lpips_available() else ["--no_lpips"]
-            tests = {}
-            for loss in ("naive", "hypercut"):
-                exp = f"jin_{loss}"
-                extra = train_args(ckpts / exp, cfg["jin_epochs"])
-                hc_flag = ["--hypercut_path", hc_ckpt]  # naive: only adds hit/con of the predictions
-                if extra is not None:
-                    run_stage(f"train Jin ({loss})", "train_blur2vid.py",
-                              ["--metadata_root", data, "--exp_name", exp, "--checkpoints_dir", ckpts,
-                               "--backbone", "Jin", "--loss_type", loss] + hc_flag + cfg["jin"] + common + extra, log)
-                model = ckpts / exp / "models" / f"{cfg['jin_epochs']:04d}.pth"
-                result = out / f"{exp}_test.json"
-                run_stage(f"test Jin ({loss})", "test_blur2vid.py",
-                          ["--metadata_root", data, "--pretrained_path", model, "--output_json", result]
-                          + hc_flag + lpips_flag + common, log)
-                tests[loss] = read_json(result)
-
-            # 6. inference on a few blurry test images (copied, so the input folder holds only them)
-            from datasets.metadata import load_split
-            _, entries = load_split(data, "test", check=False)
-            inputs = out / "inference_input"
-            inputs.mkdir(exist_ok=True)
-            for e in entries[:INFERENCE_IMAGES]:
-                target = inputs / (e.id.replace("/", "_") + Path(e.blur_path).suffix)
-                if not target.exists():
-                    shutil.copyfile(e.blur_path, target)
-            run_stage("inference", "inference.py",
-                      ["--backbone", "Jin", "--pretrained_path", ckpts / "jin_hypercut" / "models" /
-                       f"{cfg['jin_epochs']:04d}.pth", "--blur_path", inputs, "--output_path", out / "inference",
-                       "--device", args.device], log)
-
-            text = summary_markdown(read_json(hc_json), tests, out, mode)
-            from utils.checkpoint import atomic_write_text
-            atomic_write_text(out / "summary.md", text)
-            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} done in {time.time() - started:.0f} s\n")
-    except StageFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; run the same command again to continue", file=sys.stderr)
-        return 130
+        text = summary_markdown(read_json(hc_json), tests, out, mode)
+        from utils.checkpoint import atomic_write_text
+        atomic_write_text(out / "summary.md", text)
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} done in {time.time() - started:.0f} s\n")
     print("\n" + text)
     print(f"demo finished in {(time.time() - started) / 60:.1f} min; summary: {out / 'summary.md'}")
     return 0
+
+
+def main(argv=None) -> int:
+    return run_main(build_parser, main_body, argv, interrupted="interrupted; run the same command again to continue")
 
 
 if __name__ == "__main__":

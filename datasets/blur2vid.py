@@ -37,10 +37,11 @@ class Blur2VidDataset(Dataset):
 
     def __init__(self, metadata_root, split: str, target_frames: Sequence[int] | None = None,
                  data_root=None, augment: AugmentConfig | None = None, seed: int = 42,
-                 check_files: bool = True, entries: list | None = None, frame_per_seq: int | None = None):
+                 check_files: bool = True, entries: list | None = None, frame_per_seq: int | None = None,
+                 limit: int | None = None):
         if entries is None:
             meta, entries = load_split(metadata_root, split, target_frames, data_root, check=check_files,
-                                       progress=check_files)
+                                       progress=check_files, limit=limit)
             frame_per_seq = meta.get("frame_per_seq", 7)
         self.entries: list = entries
         self.split = split
@@ -73,7 +74,10 @@ class Blur2VidDataset(Dataset):
         except ImageReadError as err:
             raise MetadataError(f"entry {entry.id}: {err}") from None
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        # key: an index, or (epoch, index) from a training loader's sampler (utils.training.make_loader),
+        # which reaches persistent workers whose copy of the dataset never sees set_epoch
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         e = self.entries[index]
         paths = [e.blur_path] + self.frame_paths(index)
         images = [self._decode(e, p) for p in paths]  # integer pixels; float only where needed
@@ -82,7 +86,7 @@ class Blur2VidDataset(Dataset):
             if tuple(img.shape[1:]) != size:
                 raise MetadataError(f"entry {e.id}: {p} has size {tuple(img.shape[1:])}, expected {size}")
         train = self.augment is not None
-        gen = torch.Generator().manual_seed(_seed_for("aug", self.seed, self.epoch, index))
+        gen = torch.Generator().manual_seed(_seed_for("aug", self.seed, epoch, index))
         box = entry_bbox(e)
         if box is None and train:
             # Crop (and the affine's source window) before converting to float: on large frames most

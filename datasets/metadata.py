@@ -7,6 +7,7 @@ starts, as one MetadataError line naming the entry id and the path.
 from __future__ import annotations
 
 import copy
+import os
 import io
 import json
 import pickle
@@ -17,13 +18,14 @@ from typing import Iterable, Sequence
 from PIL import Image
 
 from utils.checkpoint import atomic_write_text
+from utils.errors import UserError
 
 ORDERS = ("ignore", "keep", "reverse", "random")
 PARTITIONS = ("train", "val", "test")
 METADATA_NAME = "metadata.json"
 
 
-class MetadataError(ValueError):
+class MetadataError(UserError):
     """A problem in a dataset's metadata or files; the message names the entry and the path."""
 
 
@@ -65,6 +67,16 @@ def read_metadata(path) -> dict:
     if not isinstance(fps, int) or isinstance(fps, bool) or fps < 1:
         raise MetadataError(f"{path}: 'frame_per_seq' must be a positive integer, got {fps!r}")
     return meta
+
+
+def dataset_name(metadata_root, given: str | None = None) -> str:
+    """The dataset's name for run names and reports: `given` (--dataset_name), else the metadata's
+    "name", else the dataset folder's name."""
+    if given:
+        return given
+    path = metadata_file(metadata_root)
+    name = read_metadata(path).get("name")
+    return str(name) if isinstance(name, str) and name.strip() else path.parent.resolve().name
 
 
 def write_metadata(path, meta: dict) -> None:
@@ -166,11 +178,11 @@ def check_files(entries: Sequence[Entry], progress: bool = False) -> None:
 
 
 def load_split(metadata_root, split: str, target_frames: Sequence[int] | None = None,
-               data_root=None, check: bool = True, progress: bool = False):
+               data_root=None, check: bool = True, progress: bool = False, limit: int | None = None):
     """Read metadata.json and return (meta, entries of `split`), validated.
 
     metadata_root: the dataset root (or the metadata.json path). data_root overrides the folder
-    relative paths resolve against.
+    relative paths resolve against. limit: keep the split's first `limit` entries (--<split>_limit).
     """
     if split not in PARTITIONS:
         raise MetadataError(f"unknown split {split!r}: use one of {', '.join(PARTITIONS)}")
@@ -180,6 +192,8 @@ def load_split(metadata_root, split: str, target_frames: Sequence[int] | None = 
     entries = parse_entries(meta, root, target_frames, splits=[split], source=str(path))
     if not entries:
         raise MetadataError(f"{path}: the '{split}' split is empty")
+    if limit is not None:
+        entries = entries[:limit]
     if check:
         check_files(entries, progress=progress)
     return meta, entries
@@ -247,4 +261,21 @@ def with_orders(meta: dict, orders: dict) -> dict:
         if order not in ORDERS:
             raise ValueError(f"order {order!r} is not one of {ORDERS}")
         out["data"][i]["order"] = order
+    return out
+
+
+def rebased(meta: dict, from_dir, to_dir) -> dict:
+    """A copy of meta whose relative file paths (blur_path, frameNNN_path, a bbox path), which resolve
+    against from_dir, resolve against to_dir instead: written relative to to_dir. Absolute paths and
+    every other field stay as they are; nothing changes when both folders are the same."""
+    out = copy.deepcopy(meta)
+    src, dst = Path(from_dir).resolve(), Path(to_dir).resolve()
+    if src == dst:
+        return out
+    keys = ["blur_path", "bbox"] + [frame_key(k) for k in range(1, out.get("frame_per_seq", 7) + 1)]
+    for entry in out["data"]:
+        for k in keys:
+            value = entry.get(k) if isinstance(entry, dict) else None
+            if isinstance(value, str) and not Path(value).is_absolute():
+                entry[k] = Path(os.path.relpath(src / value, dst)).as_posix()
     return out

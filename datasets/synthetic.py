@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
+from utils.errors import FlagError
+
 # scikit-image colour photographs that ship inside the package (no download).
 DEFAULT_SPLITS = {
     "train": ("astronaut", "coffee", "rocket", "hubble_deep_field", "retina"),
@@ -30,12 +32,12 @@ def load_photo(name: str) -> torch.Tensor:
 
     loader = getattr(skimage.data, name, None)
     if loader is None:
-        raise ValueError(f"scikit-image has no bundled image named {name!r}")
+        raise FlagError(f"scikit-image has no bundled image named {name!r}")
     img = loader()
     if isinstance(img, tuple):  # stereo_motorcycle returns (left, right, disparity): take the left view
         img = img[0]
     if img.ndim != 3 or img.shape[2] < 3:
-        raise ValueError(f"scikit-image image {name!r} is not a colour photograph")
+        raise FlagError(f"scikit-image image {name!r} is not a colour photograph")
     return torch.from_numpy(img[..., :3].copy()).permute(2, 0, 1).float().div(255.0)
 
 
@@ -70,14 +72,14 @@ class SyntheticConfig:
 
     def __post_init__(self):
         if self.subframes < 5 or self.subframes % 2 == 0:
-            raise ValueError(f"subframes per slot must be odd and >= 5, got {self.subframes}")
+            raise FlagError(f"subframes per slot must be odd and >= 5, got {self.subframes}")
         if self.size < 32:
-            raise ValueError(f"size must be at least 32, got {self.size}")
+            raise FlagError(f"size must be at least 32, got {self.size}")
         if self.frames < 2:
-            raise ValueError("frames must be at least 2")
+            raise FlagError("frames must be at least 2")
         photos = [p for names in self.splits.values() for p in names]
         if len(photos) != len(set(photos)):
-            raise ValueError("a photograph appears in two splits")
+            raise FlagError("a photograph appears in two splits")
 
 
 def _seed(*parts) -> int:
@@ -175,7 +177,7 @@ def generate(cfg: SyntheticConfig, writer, progress: bool = True) -> dict:
         names = cfg.splits[split]
         count = cfg.counts.get(split, 0)
         if count and not names:
-            raise ValueError(f"split {split} has {count} sequences but no photographs")
+            raise FlagError(f"split {split} has {count} sequences but no photographs")
         photos = {name: prepare_photo(load_photo(name), cfg.size) for name in names} if count else {}
         for i in range(count):
             name = names[i % len(names)]

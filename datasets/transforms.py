@@ -19,9 +19,11 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from utils.errors import UserError
 
-class ImageReadError(ValueError):
-    pass
+
+class ImageReadError(UserError):
+    """An image file that cannot be decoded; the message names the file."""
 
 
 def decode_image_file(path) -> tuple:

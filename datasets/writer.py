@@ -15,20 +15,21 @@ from torchvision.io import write_png
 
 from datasets.metadata import METADATA_NAME, write_metadata
 from datasets.transforms import to_uint8
+from utils.errors import UserError
 
 
 class DatasetWriter:
     def __init__(self, out, overwrite: bool = False):
         self.out = Path(out).resolve()
         if (self.out / METADATA_NAME).exists() and not overwrite:
-            raise FileExistsError(f"{self.out} already holds a dataset ({METADATA_NAME}); "
+            raise UserError(f"{self.out} already holds a dataset ({METADATA_NAME}); "
                                   "pass --overwrite to replace it, or choose another --out")
         if self.out.exists() and not self.out.is_dir():
-            raise NotADirectoryError(f"--out {self.out} exists and is not a folder")
+            raise UserError(f"--out {self.out} exists and is not a folder")
         # commit() replaces folders of the same name as the ones it writes: never do that to a folder
         # of someone else's files unless asked to.
         if not overwrite and self.out.is_dir() and any(p.name != ".incomplete" for p in self.out.iterdir()):
-            raise FileExistsError(f"{self.out} is not empty and holds no dataset ({METADATA_NAME}); choose an "
+            raise UserError(f"{self.out} is not empty and holds no dataset ({METADATA_NAME}); choose an "
                                   "empty or new --out, or pass --overwrite to write into it anyway")
         self.overwrite = overwrite
         self.stage = self.out / ".incomplete"

@@ -22,7 +22,7 @@ from torch import nn
 
 from models.backbones.jin import JinBackbone, load_official_jin
 from models.convention import InputConvention
-from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.checkpoint import CheckpointError, load_checkpoint, state_dict_mismatch
 
 
 @dataclass(frozen=True)
@@ -153,17 +153,9 @@ def load_backbone(path, map_location="cpu", *, name: str | None = None,
         except (KeyError, TypeError, ValueError) as e:
             fail(f"bad input_convention {conv!r}: {e}")
     state = _strip_module_prefix(state)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        parts = ([f"missing {len(missing)} keys, e.g. {', '.join(missing[:3])}"] if missing else []) + \
-                ([f"unexpected {len(unexpected)} keys, e.g. {', '.join(unexpected[:3])}"] if unexpected else [])
-        fail(f"does not match a {saved_name} backbone with {config}: {'; '.join(parts)}")
-    for k, v in state.items():
-        if not torch.is_tensor(v) or tuple(v.shape) != tuple(own[k].shape):
-            fail(f"{k} has shape {tuple(getattr(v, 'shape', ()))}, a {saved_name} backbone with {config} "
-                 f"expects {tuple(own[k].shape)}")
+    problem = state_dict_mismatch(model.state_dict(), state)
+    if problem:
+        fail(f"does not match a {saved_name} backbone with {config}: {problem}")
     model.load_state_dict(state, strict=True)
     return model.to(map_location).eval()
 

@@ -187,7 +187,7 @@ def test_bad_checkpoints(tmp_path, fixture):
     del missing["f_func.model.13.conv_block.4.bias"]
     path = tmp_path / "missing.pth"
     torch.save(missing, path)
-    with pytest.raises(CheckpointError, match=r"missing\.pth.*missing keys f_func\.model\.13\.conv_block\.4\.bias"):
+    with pytest.raises(CheckpointError, match=r"missing\.pth.*1 missing key \(f_func\.model\.13\.conv_block\.4\.bias\)"):
         load_hypercut(path)
 
     path = tmp_path / "mismatch.pth"

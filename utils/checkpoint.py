@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError):
     """A checkpoint file that cannot be used; the message names the file and what is wrong."""
 
 
@@ -73,6 +75,23 @@ def load_checkpoint(path, map_location="cpu"):
         raise CheckpointError(
             f"cannot load checkpoint {path}: {msg[:300]} (is it a complete PyTorch file from this "
             "project, the HyperCUT reference, or Jin et al.?)") from None
+
+
+def state_dict_mismatch(expected, state) -> str | None:
+    """None when `state` has exactly the keys of `expected` (a module's state dict) with the same shapes;
+    otherwise one line naming the first missing, unexpected and misshaped keys."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [k for k in expected if k in state and tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            parts.append(f"{len(keys)} {what} key{'s' * (len(keys) > 1)} ({', '.join(keys[:3])}{', ...' * (len(keys) > 3)})")
+    if misshaped:
+        k = misshaped[0]
+        parts.append(f"{k} has shape {tuple(getattr(state[k], 'shape', ()))} where {tuple(expected[k].shape)} is expected"
+                     + (f" (and {len(misshaped) - 1} more)" if len(misshaped) > 1 else ""))
+    return "; ".join(parts) or None
 
 
 def rng_state() -> dict:
