@@ -20,9 +20,10 @@ Decisions (the reference has no RVE and no stage-1 code; SPEC 6 lists its defect
   128, 3x3) over the 7 frames from a zero state; its last hidden state is the embedding.
 - The coarser flow that a finer scale reads is upsampled and multiplied by 2, so that each scale's
   flow is in that scale's pixels (the reference upsamples without rescaling).
-- Warping samples the frame at x + flow (bilinear, zeros outside, align_corners=True so that zero
-  flow is exactly the identity); the mask marks pixels whose sample point lies inside the frame,
-  and the output is zero elsewhere, as in the reference.
+- Warping samples the frame at x + flow (bilinear, align_corners=True so that zero flow is exactly
+  the identity); the mask marks pixels whose sample point lies inside the frame's area (up to half
+  a pixel beyond the outer pixel centres, where the edge pixel is read), and the output is zero
+  elsewhere. The reference masks everything beyond the outer centres (see backward_warp).
 - Sizes: any H, W. Inputs are reflect-padded (bottom, right) to a multiple of 8; scale s of the
   output is cropped to ceil(H / 2^s) x ceil(W / 2^s). The centre is downscaled by 2x2 means
   (`pyramid`, the same function the losses use for the ground truth) before padding each scale,
@@ -30,9 +31,9 @@ Decisions (the reference has no RVE and no stage-1 code; SPEC 6 lists its defect
 - The central frame comes from the centre network (Jin's middle network, `center_width_mult`)
   unless one is given to forward(): the ground-truth centre is the oracle of the HyperCUT tables.
 
-Parameter counts at width_mult 1.0 (center_width_mult 1.0): BIE 1,652,352; RVE 2,827,264 (conv
-encoder 1,647,552 + ConvLSTM 1,179,712); RVD 1,720,656 (flow encoder 240,960, ConvLSTM 1,180,160,
-flow decoder 299,536); centre network 4,972,032; total 11,172,304.
+Parameter counts at width_mult 1.0 (center_width_mult 1.0): BIE 1,648,704; RVE 2,824,064 (conv
+encoder 1,643,904 + ConvLSTM 1,180,160); RVD 1,946,804 (flow encoder 488,976, ConvLSTM 1,180,160,
+flow decoder 277,668); centre network 4,972,032 (Jin's middle network); total 11,391,604.
 """
 from __future__ import annotations
 
@@ -76,17 +77,21 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor):
     """Sample image (B, C, H, W) at x + flow(x), flow (B, 2, H, W) in pixels (u right, v down).
 
     Returns (warped * mask, mask): mask (B, 1, H, W) is 1 where the sample point lies inside the
-    image (bilinear weights all on real pixels) and 0 elsewhere, where the output is 0.
+    image's area, [-0.5, W - 0.5] x [-0.5, H - 0.5] in pixel centres, and 0 elsewhere, where the
+    output is 0. A point within half a pixel outside the outer centres reads the edge pixel.
     A constant flow (3, 0) shows the content 3 pixels to the left, and the last 3 columns are masked.
     """
     _, _, h, w = image.shape
     xs = torch.arange(w, device=flow.device, dtype=flow.dtype).view(1, 1, w) + flow[:, 0]
     ys = torch.arange(h, device=flow.device, dtype=flow.dtype).view(1, h, 1) + flow[:, 1]
-    mask = ((xs >= 0) & (xs <= w - 1) & (ys >= 0) & (ys <= h - 1)).unsqueeze(1).to(image.dtype)
+    # The reference keeps only points between the outer pixel centres, so at the first steps every
+    # border pixel whose small random flow points outwards is zeroed and gets no gradient (half the
+    # pixels of a 4 x 4 coarsest scale); the pixel area is the frame's true extent.
+    mask = ((xs >= -0.5) & (xs <= w - 0.5) & (ys >= -0.5) & (ys <= h - 0.5)).unsqueeze(1).to(image.dtype)
     # align_corners=True puts -1 and +1 on the centres of the first and last pixels, so pixel
     # coordinates map linearly and zero flow is the identity.
     grid = torch.stack([xs * (2 / max(w - 1, 1)) - 1, ys * (2 / max(h - 1, 1)) - 1], dim=-1)
-    warped = F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="zeros",
+    warped = F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="border",
                            align_corners=True)
     return warped * mask, mask
 
@@ -189,6 +194,10 @@ class FlowEncoder(nn.Module):
         return features
 
 
+def _upsample(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
 class FlowDecoder(nn.Module):
     """Flows coarse to fine. The coarsest from [encoder feature, ConvLSTM output]; each finer scale
     from [encoder feature, ConvLSTM output brought up to it (bilinear x2 + conv5x5 + LeakyReLU per
@@ -210,8 +219,8 @@ class FlowDecoder(nn.Module):
         flow = self.heads[n - 1](torch.cat([features[n - 1], hidden], dim=1))
         flows = [flow]
         for s in range(n - 2, -1, -1):
-            hidden = F.leaky_relu(self.ups[s](F.interpolate(hidden, scale_factor=2, mode="bilinear", align_corners=False)), LRELU_SLOPE)
-            coarse = 2 * F.interpolate(flow, scale_factor=2, mode="bilinear", align_corners=False)
+            hidden = F.leaky_relu(self.ups[s](_upsample(hidden)), LRELU_SLOPE)
+            coarse = 2 * _upsample(flow)
             flow = self.heads[s](torch.cat([features[s], hidden, coarse], dim=1))
             flows.append(flow)
         return flows[::-1]
