@@ -4,8 +4,9 @@
   python inference.py --pretrained_path checkpoints/jin_hc/models/0100.pth --blur_path photos/ \\
       --output_path out/ --device cuda
 
---pretrained_path: a checkpoint of train_blur2vid.py or a folder holding Jin et al.'s four official files
-(center_v3.pth, F35_N8.pth, F26_N9_from_F35_N8.pth, F17_N9_from_F26_N9_from_F35_N8.pth).
+--pretrained_path: a checkpoint of train_blur2vid.py (Jin, or Purohit stage 2, whose centre network then
+predicts the central frame) or a folder holding Jin et al.'s four official files (center_v3.pth,
+F35_N8.pth, F26_N9_from_F35_N8.pth, F17_N9_from_F26_N9_from_F35_N8.pth).
 --blur_path: one image, or a folder whose png/jpg/jpeg/bmp images are all processed (sorted by name).
 Each image, at its own size, gives OUTPUT/<image stem>/frame_1.png .. frame_7.png (8-bit RGB), every
 file written to a temporary name and renamed.
@@ -31,7 +32,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__)
-    p.add_argument("--backbone", default="Jin", choices=backbone_names())
+    p.add_argument("--backbone", default=None, choices=backbone_names(),
+                   help="expected backbone (default: the checkpoint's; Jin for a folder)")
     p.add_argument("--pretrained_path", required=True,
                    help="a train_blur2vid.py checkpoint, or a folder with Jin's four official files")
     p.add_argument("--blur_path", required=True, help="a blurry image, or a folder of them")
@@ -80,7 +82,7 @@ def check_readable(images) -> None:
 def deblur(model, image: torch.Tensor, device) -> torch.Tensor:
     """One blurry image, RGB float [0, 1] (3, H, W) of any size -> its frames (T, 3, H, W), float on the CPU
     (not clamped)."""
-    return model(image.unsqueeze(0).to(device))[0].float().cpu()
+    return model(image.unsqueeze(0).to(device))["frames"][0].float().cpu()
 
 
 def run_inference(model, images, output_path, device, log=print) -> list[Path]:
@@ -108,6 +110,8 @@ def main_body(args) -> None:
         raise FlagError(f"--output_path {out} exists and is not a folder")
     device = resolve_device(args.device)
     model = load_backbone(args.pretrained_path, map_location=device, name=args.backbone, width_mult=args.width_mult)
+    if getattr(model, "training_stage", None) == 1:
+        raise FlagError(f"{args.pretrained_path} is a stage-1 checkpoint (a video autoencoder): use the stage-2 model")
     if args.target_frames is not None and sorted(args.target_frames) != list(range(1, model.num_frames + 1)):
         raise FlagError(f"--target_frames: the model predicts frames 1..{model.num_frames}, and inference writes "
                         "them all; leave the flag out")

@@ -41,13 +41,14 @@ from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_e
                        check_flags, run_main)
 from utils.device import resolve_device
 from utils.errors import FlagError
-from utils.evaluation import evaluate, make_eval_loader
+from utils.evaluation import evaluate, make_eval_loader, predict_frames
 from utils.images import save_frames
 from utils.metrics import LPIPSMetric, LPIPSWeightsMissing, SequenceMetrics
 from utils.report import markdown_table, write_csv, write_json
 from utils.run import blur2vid_run_name, resolve_pretrained
 
 METRICS = ("pPSNR", "pSSIM", "pLPIPS", "PSNR", "SSIM", "LPIPS")
+MIDDLE_FRAME = {"predicted": "predicted", "gt": "ground truth (oracle centre)"}
 ORDERING = ("hit", "hit_x2_x6", "hit_x3_x5", "con@2", "con@3")
 
 
@@ -64,6 +65,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--width_mult", type=float, default=None,
                    help="width of an official-weights folder's model (default 1.0); checked against a checkpoint's")
     p.add_argument("--p_mode", default="pair", choices=("pair", "sequence"))
+    p.add_argument("--middle_frame", default="predicted", choices=("predicted", "gt"),
+                   help="central frame: the backbone's own, or the ground truth's (the oracle protocol of the "
+                        "HyperCUT paper's Purohit tables; labelled 'oracle centre' in every output)")
     p.add_argument("--lpips", default="auto", choices=("auto", "require", "off"),
                    help="auto: LPIPS when its weights can be had, else skipped with a warning; require: "
                         "missing weights are an error")
@@ -103,6 +107,9 @@ def run_test(args) -> dict:
     # LPIPS first: a required but missing weights file stops the run before any work is done
     lpips, lpips_status = make_lpips(args, device)
     model = load_backbone(args.pretrained_path, map_location=device, name=args.backbone, width_mult=args.width_mult)
+    if getattr(model, "training_stage", None) == 1:
+        raise FlagError(f"{args.pretrained_path} is a stage-1 checkpoint (the video autoencoder, which never saw a "
+                        "blurry image): evaluate the stage-2 model trained from it")
     dataset = Blur2VidDataset(args.metadata_root, args.split, target_frames=args.target_frames,
                               data_root=args.data_root, augment=None, seed=args.seed, limit=args.test_limit)
     if len(dataset.target_frames) != model.num_frames:
@@ -126,14 +133,15 @@ def run_test(args) -> dict:
 
     metrics = SequenceMetrics(lpips=lpips, mode=args.p_mode)
     loader = make_eval_loader(dataset, args.batch_size, args.num_workers, device)
-    ordering = evaluate(model, loader, device, metrics, hypercut=hypercut, on_batch=on_batch, desc=args.split)
+    ordering = evaluate(model, loader, device, metrics, hypercut=hypercut, on_batch=on_batch, desc=args.split,
+                        predict=lambda net, blur, gt: predict_frames(net, blur, gt, args.middle_frame))
 
     result = {}
     for name in METRICS:
         result[name] = metrics.per_frame(name)
         result[f"{name}_mean"] = metrics.mean(name)
     result.update(p_mode=args.p_mode, num_sequences=metrics.num_sequences, psnr_cap_db=metrics.psnr_cap_db,
-                  lpips=lpips_status, split=args.split, dataset_name=args.dataset_name,
+                  lpips=lpips_status, middle_frame=MIDDLE_FRAME[args.middle_frame], split=args.split, dataset_name=args.dataset_name,
                   metadata_root=str(args.metadata_root), pretrained_path=str(args.pretrained_path),
                   **backbone_checkpoint_fields(model))
     if ordering is not None:
@@ -150,8 +158,9 @@ def report(result: dict) -> str:
         return [[n] + (result[n] + [result[f"{n}_mean"]] if result[n] is not None else [None] * (t + 1))
                 for n in names]
 
+    oracle = " [oracle centre: the ground truth's central frame]" if result["middle_frame"] != "predicted" else ""
     lines = [f"{result['backbone']['name']} ({result['pretrained_path']}) on {result['dataset_name']} "
-             f"{result['split']}: {result['num_sequences']} sequences",
+             f"{result['split']}: {result['num_sequences']} sequences{oracle}",
              "", f"Order-agnostic (p_mode {result['p_mode']}):", "",
              markdown_table(headers, rows(METRICS[:3])),
              "", "In the predicted order:", "", markdown_table(headers, rows(METRICS[3:]))]
@@ -170,6 +179,8 @@ def write_results(result: dict, json_path) -> tuple[Path, Path]:
     headers = ["metric"] + [f"frame_{k}" for k in range(1, t + 1)] + ["mean"]
     rows = [[n] + (result[n] + [result[f"{n}_mean"]] if result[n] is not None else [None] * (t + 1))
             for n in METRICS]
+    if result["middle_frame"] != "predicted":  # the oracle label travels with the figures
+        rows = [[f"{row[0]} (oracle centre)"] + row[1:] for row in rows]
     return json_path, write_csv(json_path.with_suffix(".csv"), headers, rows)
 
 

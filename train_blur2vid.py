@@ -10,7 +10,19 @@ The run goes to checkpoints/<exp_name>/, by default the reference's name
 Blur2Vid_<backbone>_<loss_type>_2frames_<dataset_name>, which test_blur2vid.py finds by itself.
 
 Jin et al.'s four networks (middle frame, N8 pair, two N9 pairs) are trained jointly with one loss, as
-HyperCUT does (Jin et al. trained them one after another). `hypercut` puts each ground-truth sequence
+HyperCUT does (Jin et al. trained them one after another).
+
+Purohit et al. trains in two stages (models/backbones/purohit.py):
+  python train_blur2vid.py --metadata_root data/synthetic --backbone Purohit --stage 1          # video autoencoder
+  python train_blur2vid.py --metadata_root data/synthetic --backbone Purohit --loss_type hypercut \\
+      --hypercut_path hc.pth --stage1_path checkpoints/Blur2Vid_Purohit_stage1_2frames_Synthetic/models/0100.pth
+Stage 1 trains the recurrent video encoder and decoder (RVE + RVD) to rebuild the sharp sequences from
+their central frame (naive loss at 4 scales + mu * flow TV). Stage 2 trains the blurred-image encoder
+(BIE) through the stage-1 decoder (frozen unless --train_decoder), optionally pulled towards the RVE's
+embedding (--embed_weight). The central frame the decoder warps is predicted by a centre network (Jin's
+middle network), trained jointly (--center_weight) or loaded from a Jin checkpoint (--center_path,
+frozen unless --train_center); --middle_frame gt uses the ground truth's instead: the oracle protocol of
+the HyperCUT paper's tables. `hypercut` puts each ground-truth sequence
 in the canonical order of a frozen HyperCUT and adds alpha * R, which pushes the predicted pairs to the
 canonical side; with another loss, --hypercut_path only adds hit/con of the predictions at validation.
 
@@ -24,6 +36,7 @@ last epoch, and training_states/ (latest.pth every epoch, NNNN.pth at validation
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 
@@ -31,7 +44,7 @@ from datasets.blur2vid import Blur2VidDataset
 from datasets.metadata import dataset_name
 from datasets.transforms import AugmentConfig
 from losses import LOSS_TYPES, build_loss
-from models import backbone_checkpoint_fields, backbone_names, build_backbone, load_backbone
+from models import backbone_checkpoint_fields, backbone_names, build_backbone, float_output, load_backbone
 from models.hypercut import load_hypercut
 from utils.checkpoint import CheckpointError, state_dict_mismatch
 from utils.cli import ArgumentParser, add_data_args, add_runtime_args, add_train_args, check_flags, run_main
@@ -61,13 +74,43 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--alpha", type=float, default=0.2, help="weight of the HyperCUT regulariser R")
     g.add_argument("--p_mode", default="pair", choices=("pair", "sequence"),
                    help="pPSNR/pSSIM: the paper's per-pair formula or the reference's whole-sequence one")
+    g.add_argument("--middle_frame", default="predicted", choices=("predicted", "gt"),
+                   help="central frame of the backbone: its own prediction, or the ground truth's (an oracle)")
+    g = parser.add_argument_group("Purohit")
+    g.add_argument("--stage", type=int, default=2, choices=(1, 2),
+                   help="1: the video autoencoder (RVE + RVD) on sharp sequences; 2: the blurred-image encoder")
+    g.add_argument("--stage1_path", default=None, help="stage 2: the stage-1 checkpoint to start from")
+    g.add_argument("--train_decoder", action="store_true", help="stage 2: fine-tune the RVD too (default frozen)")
+    g.add_argument("--embed_weight", type=float, default=0.0,
+                   help="stage 2: weight of the distance between the BIE's and the RVE's embeddings")
+    g.add_argument("--center_weight", type=float, default=1.0,
+                   help="stage 2: weight of the Charbonnier term of a jointly trained centre network")
+    g.add_argument("--center_path", default=None,
+                   help="stage 2: the centre network's weights from a Jin checkpoint (or official folder); frozen")
+    g.add_argument("--train_center", action="store_true", help="stage 2: fine-tune the loaded centre network")
+    g.add_argument("--center_width_mult", type=float, default=None,
+                   help="width of the centre network (default --width_mult; 1.0 for Jin's official weights)")
+    g.add_argument("--mu", type=float, default=0.02, help="weight of the flow regulariser (total variation)")
     return parser
+
+
+PUROHIT_ONLY = ("stage1_path", "train_decoder", "embed_weight", "center_path", "train_center", "center_width_mult")
 
 
 def check_args(args) -> None:
     check_flags(args)
     if args.loss_type == "hypercut" and not args.hypercut_path:
         raise FlagError("--loss_type hypercut needs --hypercut_path (a trained HyperCUT checkpoint)")
+    if args.backbone != "Purohit":
+        given = [f"--{k}" for k in PUROHIT_ONLY if getattr(args, k) not in (None, False, 0.0)]
+        if given or args.stage != 2:
+            raise FlagError(f"{', '.join(given) or '--stage'}: Purohit options, but --backbone is {args.backbone}")
+        return
+    resuming = args.resume or args.load_epoch is not None
+    if args.stage == 1 and args.loss_type != "naive":
+        raise FlagError("--stage 1 trains an autoencoder of the stored sequences: use --loss_type naive")
+    if args.stage == 2 and not (args.stage1_path or args.pretrained_path or resuming):
+        raise FlagError("--stage 2 starts from a stage-1 checkpoint: pass --stage1_path (train it with --stage 1)")
 
 
 def build_datasets(args, num_frames: int):
@@ -100,14 +143,38 @@ def load_frozen_hypercut(args, device, train_set, val_set):
     return hypercut
 
 
-def load_pretrained(model, args) -> None:
-    """--pretrained_path: start from a backbone's weights (our checkpoint or an official-weights folder)."""
-    source = load_backbone(args.pretrained_path, name=args.backbone, width_mult=args.width_mult)
+def load_weights(model, path, args, flag: str) -> None:
+    """Start from a backbone's weights (our checkpoint, or an official-weights folder)."""
+    source = load_backbone(path, name=args.backbone, width_mult=args.width_mult)
     problem = state_dict_mismatch(model.state_dict(), source.state_dict())
     if problem:
-        raise CheckpointError(f"--pretrained_path {args.pretrained_path} does not fit a {args.backbone} backbone "
-                              f"of width {args.width_mult}: {problem}")
+        raise CheckpointError(f"{flag} {path} does not fit a {args.backbone} backbone of width {args.width_mult}: "
+                              f"{problem}")
+    if flag == "--stage1_path" and source.training_stage != 1:
+        raise CheckpointError(f"--stage1_path {path} is not a stage-1 checkpoint (train one with --stage 1)")
     model.load_state_dict(source.state_dict())
+
+
+def build_model(args, device):
+    """The backbone with its starting weights; for Purohit, only the stage's modules are trainable."""
+    kwargs = {"width_mult": args.width_mult}
+    if args.backbone == "Purohit":
+        kwargs["center_width_mult"] = args.center_width_mult
+    model = build_backbone(args.backbone, **kwargs)
+    resuming = args.resume or args.load_epoch is not None
+    if args.pretrained_path and not resuming:
+        load_weights(model, args.pretrained_path, args, "--pretrained_path")
+    if args.backbone == "Purohit":
+        from models.backbones.purohit import load_center_from_jin
+        if args.stage == 2 and args.stage1_path and not resuming and not args.pretrained_path:
+            load_weights(model, args.stage1_path, args, "--stage1_path")
+        if args.center_path and not resuming:
+            center = Path(args.center_path)
+            load_center_from_jin(model, center / "center_v3.pth" if center.is_dir() else center)
+        predicted = args.middle_frame == "predicted"
+        model.set_trainable(args.stage, train_decoder=args.train_decoder,
+                            train_center=predicted and (args.train_center or not args.center_path))
+    return model.to(device)
 
 
 def train(args) -> dict:
@@ -125,18 +192,27 @@ def train(args) -> dict:
 def _train(args, device, dist_info) -> dict:
     seed_everything(args.seed)
     args.dataset_name = dataset_name(args.metadata_root, args.dataset_name)
-    args.exp_name = args.exp_name or blur2vid_run_name(args.backbone, args.loss_type, args.dataset_name)
-    model = build_backbone(args.backbone, width_mult=args.width_mult).to(device)
+    stage1 = args.backbone == "Purohit" and args.stage == 1
+    args.exp_name = args.exp_name or blur2vid_run_name(args.backbone, "stage1" if stage1 else args.loss_type,
+                                                       args.dataset_name)
+    model = build_model(args, device)
     train_set, val_set = build_datasets(args, model.num_frames)
     if dist_info.world_size > len(val_set):
         raise FlagError(f"the val split has {len(val_set)} sequences, fewer than the {dist_info.world_size} processes")
     hypercut = load_frozen_hypercut(args, device, train_set, val_set)
-    loss_fn = build_loss(args.loss_type, hypercut=hypercut, alpha=args.alpha).to(device)
-    if args.pretrained_path and not (args.resume or args.load_epoch is not None):
-        load_pretrained(model, args)
+    multiscale = getattr(model, "num_scales", 1) > 1
+    options = dict(mu=args.mu, embed_weight=args.embed_weight, center_weight=args.center_weight,
+                   embed_target=model.encode_video if args.embed_weight > 0 else None) if multiscale else {}
+    loss_fn = build_loss(args.loss_type, hypercut=hypercut, alpha=args.alpha, multiscale=multiscale,
+                         **options).to(device)
     run = Run(args, dist_info)  # after every check of the flags and the data
     val_loader = make_eval_loader(val_set, args.batch_size, args.num_workers, device, dist_info)
     last = {}
+
+    def forward(net, blur, gt):
+        if stage1:
+            return net(None, sharp_frames=gt)
+        return net(blur, gt[:, gt.shape[1] // 2] if args.middle_frame == "gt" else None)
 
     def step_fn(net, batch, amp):
         blur = batch["blur"].to(device, non_blocking=True)
@@ -144,9 +220,9 @@ def _train(args, device, dist_info) -> dict:
         if args.channels_last:
             blur = blur.contiguous(memory_format=torch.channels_last)
         with amp():
-            pred = net(blur)
-        last.update(blur=blur, pred=pred.detach(), gt=gt)
-        return loss_fn(pred.float(), gt)
+            out = forward(net, blur, gt)
+        last.update(blur=blur, pred=out["frames"].detach(), gt=gt)
+        return loss_fn(float_output(out), gt)
 
     def on_display(step):
         strip = make_strip(last["blur"], last["pred"].float(), last["gt"])
@@ -170,19 +246,25 @@ def _train(args, device, dist_info) -> dict:
                     run.writer.add_image("val/strip", strip, epoch)
 
         hitcon = evaluate(net, val_loader, device, metrics, hypercut=hypercut, on_batch=show, desc="val",
-                          dist_info=dist_info)
+                          dist_info=dist_info, predict=lambda n, blur, gt: forward(n, blur, gt)["frames"].float())
         figures = {name: metrics.mean(name) for name in ("pPSNR", "pSSIM", "PSNR", "SSIM")}
         if hitcon is not None:
             figures.update({k: v for k, v in hitcon.items() if k != "num_sequences"})
         return figures
 
     fields = backbone_checkpoint_fields(model)
+    if args.backbone == "Purohit":
+        fields["stage"] = args.stage
     return fit(args, model=model, train_set=train_set, val_set=val_set, step_fn=step_fn, validate_fn=validate_fn,
                fields=fields, run=run, device=device, dist_info=dist_info, on_display=on_display,
                log_model=f"backbone {fields['backbone']}, input convention {model.input_convention}, "
-                         f"{sum(p.numel() for p in model.parameters()):,} parameters; loss {args.loss_type}"
+                         f"{sum(p.numel() for p in model.parameters()):,} parameters "
+                         f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} trained); loss "
+                         f"{'naive (stage 1 autoencoder)' if stage1 else args.loss_type}"
                          + (f" (alpha {args.alpha})" if args.loss_type == "hypercut" else "")
-                         + (f"; HyperCUT {args.hypercut_path}" if hypercut is not None else ""))
+                         + (f"; HyperCUT {args.hypercut_path}" if hypercut is not None else "")
+                         + (f"; stage {args.stage}" if args.backbone == "Purohit" else "")
+                         + ("; central frame: ground truth (oracle)" if args.middle_frame == "gt" else ""))
 
 
 def main(argv=None) -> int:

@@ -396,7 +396,7 @@ def _independent_figures(run_dir, data, mode):
         blur = read_unit(data / e["blur_path"])
         gt = torch.stack([read_unit(data / e[f"frame{k:03d}_path"]) for k in range(1, 8)])
         with torch.no_grad():
-            pred = model(blur[None])[0]
+            pred = model(blur[None])["frames"][0]
         preds[e["id"]] = pred
         for name, metric in (("PSNR", lambda a, b: psnr(a, b, cap_db=100.0)), ("SSIM", ssim)):
             fwd = np.array([metric(pred[k], gt[k]).item() for k in range(7)])
@@ -458,7 +458,7 @@ def test_test_script_hit_con(trained, data, hypercut_ckpt, capsys):
     meta = json.loads((data / "metadata.json").read_text())
     blur = torch.stack([read_unit(data / e["blur_path"]) for e in meta["data"] if e["partition"] == "val"])
     with torch.no_grad():
-        scores = hypercut.pair_scores(model(blur).clamp(0, 1))[1]
+        scores = hypercut.pair_scores(model(blur)["frames"].clamp(0, 1))[1]
     expected = hit_con(scores)
     for k in ("hit", "hit_x2_x6", "hit_x3_x5", "con@2", "con@3"):
         assert result[k] == expected[k], k

@@ -33,7 +33,7 @@ def official(reference):
 
 def run(model, x):
     with torch.no_grad():
-        return model(x)
+        return model(x)["frames"]
 
 
 def test_reproduces_reference_frames(official, reference):
@@ -94,7 +94,8 @@ def test_any_size_pads_reflect_and_crops(official, reference):
 def test_multiple_of_20_is_not_padded(official, reference):
     _, blur, frames = reference
     # frames were made by the official code, which never pads: any padding would change them
-    x4 = run(official.center, blur)
+    with torch.no_grad():
+        x4 = official.center(blur)  # the middle network alone: frame 4
     assert (x4 - frames[:, 3]).abs().max().item() < 1e-4
     assert (run(official, blur) - frames).abs().max().item() < 1e-4
 
@@ -164,3 +165,15 @@ def test_stray_running_stats_are_ignored(official, reference, tmp_path):
 def test_rejects_wrong_input_shape(official):
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         official(torch.rand(1, 1, 40, 60))
+
+
+def test_given_center_replaces_the_middle_network(official, reference):
+    """The backbone contract's oracle centre: frame 4 is the given frame, and the other frames are
+    refined from it (they change with it)."""
+    _, blur, frames = reference
+    with torch.no_grad():
+        own = official(blur)
+        given = official(blur, frames[:, 3])
+    assert torch.equal(own["center"], own["frames"][:, 3])
+    assert torch.allclose(given["frames"][:, 3], frames[:, 3], atol=1e-6)
+    assert (given["frames"][:, 0] - own["frames"][:, 0]).abs().max() > 0

@@ -117,7 +117,8 @@ _RANGES = {
     "img_log_freq": (1, False), "lr_decay": (1, False), "lr": (0, True), "weight_decay": (0, False),
     "gamma": (0, True), "load_epoch": (0, False), "train_limit": (1, False), "val_limit": (1, False),
     "test_limit": (1, False), "alpha": (0, False), "width_mult": (0, True), "out_dim": (1, False),
-    "slope": (None, False),
+    "slope": (None, False), "mu": (0, False), "embed_weight": (0, False), "center_weight": (0, False),
+    "center_width_mult": (0, True),
 }
 
 

@@ -57,17 +57,26 @@ def hypercut_scores(model, loader: DataLoader, device: torch.device, desc: str =
     return out
 
 
+def predict_frames(net, blur: torch.Tensor, gt: torch.Tensor, middle_frame: str = "predicted") -> torch.Tensor:
+    """A backbone's frames (backbone contract, models/__init__.py) in float32: its own central frame, or
+    with middle_frame "gt" the ground truth's (the oracle protocol of the HyperCUT paper's tables)."""
+    center = gt[:, gt.shape[1] // 2] if middle_frame == "gt" else None
+    return net(blur, center)["frames"].float()
+
+
 @torch.no_grad()
 def evaluate(model, loader, device: torch.device, metrics: SequenceMetrics, hypercut=None,
-             on_batch=None, desc: str = "eval", dist_info: DistInfo | None = None) -> dict | None:
+             on_batch=None, desc: str = "eval", dist_info: DistInfo | None = None, predict=None) -> dict | None:
     """Predict every sequence of `loader` (batches from collate_by_size) and add them to `metrics`.
 
+    predict(net, blur, gt) -> frames (B, T, 3, H, W); default predict_frames (the backbone's own centre).
     hypercut: a HyperCUT model; its hyperplane scores of the predicted sequences (clamped to [0, 1], as
     saved images would be) give hit/con, returned as utils.metrics.hit_con's dict (None without one).
     on_batch(batch, pred) is called for every batch (saving images, visualisations).
     Under torch.distributed the figures are summed over ranks (every rank must call this).
     The global RNG is left as it was, so validating does not change a training run.
     """
+    predict = predict or predict_frames
     net = unwrap(model)
     was_training = net.training
     net.eval()
@@ -78,7 +87,7 @@ def evaluate(model, loader, device: torch.device, metrics: SequenceMetrics, hype
                 for batch in groups:
                     blur = batch["blur"].to(device, non_blocking=True)
                     gt = batch["frames"].to(device, non_blocking=True)
-                    pred = net(blur)
+                    pred = predict(net, blur, gt)
                     metrics.update(pred, gt)
                     if hypercut is not None:
                         _, s = hypercut.pair_scores(pred.clamp(0, 1))

@@ -261,7 +261,7 @@ def fit(args, *, model, train_set, val_set, step_fn, validate_fn, fields: dict, 
                 raise NonFiniteLoss(f"the loss term(s) {', '.join(bad)} became non-finite at step "
                                     f"{step - len(steps) + row + 1} (epoch {epoch}); the run stopped and its "
                                     "last saved state is kept: lower --lr or check the data")
-            history["losses"] += per_step[:, 0].tolist()
+            history["losses"] += per_step[:, names.index("total") if "total" in names else 0].tolist()
             history["terms"] += [dict(zip(names, row)) for row in per_step.tolist()]
             means = dict(zip(names, per_step.mean(0).tolist()))
         else:
