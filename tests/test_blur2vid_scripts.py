@@ -126,15 +126,6 @@ def no_network(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def jin_reference(fixtures_dir):
-    data = torch.load(fixtures_dir / "jin_reference_networks.pt", weights_only=True, map_location="cpu")
-    scale = 2.0 ** -data["exponent"]
-    dicts = {name: {k: v.float() * scale if v.dtype == torch.int8 else v for k, v in sd.items()}
-             for name, sd in data["int8_state_dicts"].items()}
-    return dicts, data["blur"], data["frames"]
-
-
-@pytest.fixture(scope="module")
 def official_dir(jin_reference, tmp_path_factory):
     """Jin's four official files, as plain torch.save of {"state_dict_G": ...} with the official names."""
     folder = tmp_path_factory.mktemp("jin_official")
