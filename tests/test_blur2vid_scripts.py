@@ -477,9 +477,14 @@ def test_missing_lpips_weights_stop_the_test(trained, data, tmp_path, monkeypatc
 
 # --- inference.py -------------------------------------------------------------------------------------
 
-def test_inference_on_a_real_blurry_photo(tmp_path):
-    source = sorted(REAL_BLURRY.glob("*.png"))[0]
-    crop = read_png(source)[200:237, 300:345]  # 37 x 45: a multiple of neither 4 nor 5
+@pytest.mark.parametrize("source", ["fixture", pytest.param("photo", marks=pytest.mark.skipif(
+    not REAL_BLURRY.is_dir(), reason=f"real blurry photos not found at {REAL_BLURRY} (only this project's machines have them)"))])
+def test_inference_on_a_folder_of_blurry_images(tmp_path, jin_compact, source):
+    if source == "photo":
+        crop = read_png(sorted(REAL_BLURRY.glob("*.png"))[0])[200:237, 300:345]
+    else:  # the compact fixture's first blurry image
+        crop = to_uint8(jin_compact[1][0]).permute(1, 2, 0).numpy()[:37, :45]
+    assert crop.shape == (37, 45, 3)  # a multiple of neither 4 nor 5
     folder = tmp_path / "photos"
     folder.mkdir()
     Image.fromarray(crop).save(folder / "crop.png")
