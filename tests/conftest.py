@@ -22,8 +22,8 @@ SOURCES = ["compact", pytest.param("shared", marks=pytest.mark.skipif(
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
-def _load(name: str) -> dict:
-    return torch.load(name, weights_only=True, map_location="cpu")
+def _load(path: Path) -> dict:
+    return torch.load(path, weights_only=True, map_location="cpu")
 
 
 def _hypercut_compact() -> dict:
