@@ -126,15 +126,6 @@ def no_network(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def jin_reference(fixtures_dir):
-    data = torch.load(fixtures_dir / "jin_reference_networks.pt", weights_only=True, map_location="cpu")
-    scale = 2.0 ** -data["exponent"]
-    dicts = {name: {k: v.float() * scale if v.dtype == torch.int8 else v for k, v in sd.items()}
-             for name, sd in data["int8_state_dicts"].items()}
-    return dicts, data["blur"], data["frames"]
-
-
-@pytest.fixture(scope="module")
 def official_dir(jin_reference, tmp_path_factory):
     """Jin's four official files, as plain torch.save of {"state_dict_G": ...} with the official names."""
     folder = tmp_path_factory.mktemp("jin_official")
@@ -498,9 +489,14 @@ def test_missing_lpips_weights_are_skipped_or_required(trained, data, tmp_path, 
 
 # --- inference.py -------------------------------------------------------------------------------------
 
-def test_inference_on_a_real_blurry_photo(tmp_path):
-    source = sorted(REAL_BLURRY.glob("*.png"))[0]
-    crop = read_png(source)[200:237, 300:345]  # 37 x 45: a multiple of neither 4 nor 5
+@pytest.mark.parametrize("source", ["fixture", pytest.param("photo", marks=pytest.mark.skipif(
+    not REAL_BLURRY.is_dir(), reason=f"real blurry photos not found at {REAL_BLURRY} (only this project's machines have them)"))])
+def test_inference_on_a_folder_of_blurry_images(tmp_path, jin_compact, source):
+    if source == "photo":
+        crop = read_png(sorted(REAL_BLURRY.glob("*.png"))[0])[200:237, 300:345]
+    else:  # the compact fixture's first blurry image
+        crop = to_uint8(jin_compact[1][0]).permute(1, 2, 0).numpy()[:37, :45]
+    assert crop.shape == (37, 45, 3)  # a multiple of neither 4 nor 5
     folder = tmp_path / "photos"
     folder.mkdir()
     Image.fromarray(crop).save(folder / "crop.png")

@@ -97,10 +97,9 @@ def trained(data, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference_ckpt(fixtures_dir, tmp_path_factory):
-    fixture = torch.load(fixtures_dir / "hypercut_reference_encoder.pt", weights_only=True)
+def reference_ckpt(hypercut_compact, tmp_path_factory):
     path = tmp_path_factory.mktemp("ref") / "hypercut_reference.pth"
-    torch.save(fixture["state_dict"], path)  # a plain state dict, as the authors released it
+    torch.save(hypercut_compact["state_dict"], path)  # a plain state dict, as the authors released it
     return path
 
 
@@ -196,7 +195,7 @@ def _independent_figures(model: HyperCUT, root, split="test") -> dict:
     return hit_con(scores)
 
 
-def test_test_hypercut_on_the_reference_state_dict(data, reference_ckpt, fixtures_dir, tmp_path, capsys):
+def test_test_hypercut_on_the_reference_state_dict(data, reference_ckpt, hypercut_compact, tmp_path, capsys):
     out = tmp_path / "figures.json"
     assert test_hypercut.main(["--metadata_root", str(data), "--pretrained_path", str(reference_ckpt),
                                "--device", "cpu", "--batch_size", "3", "--output_json", str(out)]) == 0
@@ -204,9 +203,8 @@ def test_test_hypercut_on_the_reference_state_dict(data, reference_ckpt, fixture
     assert "| hit | hit_x2_x6 | hit_x3_x5 | con@2 | con@3 | num_sequences |" in printed
     result = json.loads(out.read_text())
 
-    fixture = torch.load(fixtures_dir / "hypercut_reference_encoder.pt", weights_only=True)
     model = HyperCUT(input_convention=REFERENCE_BGR_IMAGENET)
-    model.load_state_dict(fixture["state_dict"])
+    model.load_state_dict(hypercut_compact["state_dict"])
     expected = _independent_figures(model.eval(), data)
     assert expected["num_sequences"] == 4
     for key in ("hit", "hit_x2_x6", "hit_x3_x5", "con@2", "con@3", "num_sequences"):
