@@ -2,6 +2,11 @@
 
   python generate_order.py --metadata_root data/synthetic --pretrained_path checkpoints/hc/models/0100.pth \
       --save_path data/synthetic/metadata_ordered.json
+  python generate_order.py --metadata_root data/synthetic --oracle --save_path data/synthetic/metadata_oracle.json
+
+--oracle (embedded dataset only) orders by the camera motion that prepare_dataset.py synthetic records
+in each entry (`motion: [dx, dy]`, frame 1 -> frame 7): `reverse` iff dx < 0. It is the ceiling of
+a learnable canonical order (datasets/ordering.py), to compare HyperCUT's order with.
 
 Every entry of every split is judged on its frames as stored on disk (full images, no augmentation;
 the entry's current `order` is ignored; entries with a `bbox` are cropped around it as at test time): with u_k = h(f(g(P_k))) for P1 = (x1, x7), P2 = (x2, x6),
@@ -26,6 +31,7 @@ from pathlib import Path
 import torch
 
 from datasets.blur2vid import Blur2VidDataset
+from datasets.ordering import oracle_orders
 from datasets.metadata import MetadataError, check_files, frame_key, metadata_file, parse_entries, read_metadata, \
     with_orders, write_metadata
 from models.hypercut import load_hypercut, order_decisions
@@ -38,7 +44,9 @@ from utils.training import ArgumentParser, check_eval_loader_args, error_line, f
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--metadata_root", required=True, help="dataset root holding metadata.json (or the file itself)")
-    p.add_argument("--pretrained_path", required=True, help="our checkpoint or the reference's state dict")
+    p.add_argument("--pretrained_path", default=None, help="our checkpoint or the reference's state dict")
+    p.add_argument("--oracle", action="store_true",
+                   help="order by each entry's recorded camera motion (reverse iff dx < 0) instead of HyperCUT")
     p.add_argument("--save_path", required=True,
                    help="output metadata file, in the dataset root (a folder means <folder>/metadata.json)")
     p.add_argument("--batch_size", type=int, default=8)
@@ -98,15 +106,22 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_eval_loader_args(args)
+        if args.oracle == (args.pretrained_path is not None):
+            raise ValueError("give either --pretrained_path (HyperCUT's order) or --oracle (the recorded motion)")
         source = metadata_file(args.metadata_root)
         meta = read_metadata(source)
         out = output_path(args, source, meta)  # check before the (long) scoring
-        device = resolve_device(args.device)
-        scores = judge(args, device, meta, source)
-        reverse = order_decisions(scores)
-        u = scores[:, 0::2]
-        consistent = ((u[:, 0] * u[:, 1] > 0) & (u[:, 0] * u[:, 2] > 0))
-        orders = {i: "reverse" if r else "ignore" for i, r in enumerate(reverse.tolist())}
+        if args.oracle:
+            orders = oracle_orders(meta)
+            reverse = torch.tensor([orders[i] == "reverse" for i in range(len(meta["data"]))], dtype=torch.bool)
+            consistent = torch.ones_like(reverse)
+        else:
+            device = resolve_device(args.device)
+            scores = judge(args, device, meta, source)
+            reverse = order_decisions(scores)
+            u = scores[:, 0::2]
+            consistent = ((u[:, 0] * u[:, 1] > 0) & (u[:, 0] * u[:, 2] > 0))
+            orders = {i: "reverse" if r else "ignore" for i, r in enumerate(reverse.tolist())}
         write_metadata(out, with_orders(meta, orders))
     except (MetadataError, CheckpointError, ValueError, OSError) as e:
         fail(error_line(e))
