@@ -6,8 +6,9 @@ Every loss module is called as loss(pred, gt) on (B, N, C, H, W) RGB [0, 1] sequ
 from losses.hypercut import HyperCUTLoss
 from losses.naive import NaiveLoss, charbonnier, naive_loss
 from losses.order_inv import OrderInvLoss, order_inv_loss, order_inv_terms
+from losses.pit import PITLoss, pit_loss
 
-LOSS_TYPES = ("naive", "order_inv", "hypercut")
+LOSS_TYPES = ("naive", "order_inv", "hypercut", "pit")
 
 
 def build_loss(loss_type: str, hypercut=None, alpha: float = 0.2):
@@ -16,6 +17,8 @@ def build_loss(loss_type: str, hypercut=None, alpha: float = 0.2):
         return NaiveLoss()
     if loss_type == "order_inv":
         return OrderInvLoss()
+    if loss_type == "pit":
+        return PITLoss()
     if loss_type == "hypercut":
         if hypercut is None:
             raise ValueError("--loss_type hypercut needs a HyperCUT model: pass --hypercut_path")
@@ -24,4 +27,4 @@ def build_loss(loss_type: str, hypercut=None, alpha: float = 0.2):
 
 
 __all__ = ["LOSS_TYPES", "build_loss", "charbonnier", "naive_loss", "order_inv_loss", "order_inv_terms",
-           "NaiveLoss", "OrderInvLoss", "HyperCUTLoss"]
+           "NaiveLoss", "OrderInvLoss", "HyperCUTLoss", "PITLoss", "pit_loss"]
