@@ -44,6 +44,7 @@ from datasets.blur2vid import Blur2VidDataset
 from datasets.metadata import MetadataError
 from datasets.transforms import AugmentConfig
 from models.convention import REFERENCE_BGR_IMAGENET
+from models.hypercut_ext import OrderingObjective
 from models.hypercut import F_FUNCS, G_FUNCS, REFERENCE_SLOPE, HyperCUT, hypercut_loss, sequence_pairs
 from utils.checkpoint import CheckpointError
 from utils.metrics import hit_con
@@ -64,6 +65,12 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--g_func", default="Concat", choices=sorted(G_FUNCS), help="pair joiner g")
     g.add_argument("--slope", type=float, default=REFERENCE_SLOPE,
                    help="negative slope of f's LeakyReLUs; 1.0 (identity) is the released model's")
+    x = parser.add_argument_group("our extensions (docs/ordering.md; off by default)")
+    x.add_argument("--subcrop_size", type=int, default=None,
+                   help="train on --subcrops random crops of this size taken from each training crop")
+    x.add_argument("--subcrops", type=int, default=2, help="sub-crops per sequence (with --subcrop_size)")
+    x.add_argument("--crop_consistency", type=float, default=0.0,
+                   help="weight of the term asking a sequence's sub-crops to land on one side (0: the paper)")
     return parser
 
 
@@ -75,6 +82,12 @@ def check_args(args) -> None:
     if args.target_frames is not None and len(args.target_frames) < 6:
         problems.append(f"--target_frames: HyperCUT needs at least 6 frames (three nested pairs), "
                         f"got {len(args.target_frames)}")
+    if args.subcrop_size is not None and not 1 <= args.subcrop_size <= args.crop_size:
+        problems.append(f"--subcrop_size must be in 1..--crop_size ({args.crop_size}), got {args.subcrop_size}")
+    if args.subcrops < 1 or args.crop_consistency < 0:
+        problems.append("--subcrops must be >= 1 and --crop_consistency >= 0")
+    elif args.crop_consistency > 0 and (args.subcrop_size is None or args.subcrops < 2):
+        problems.append("--crop_consistency needs --subcrop_size and --subcrops >= 2")
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -140,6 +153,7 @@ def _train(args, device, dist_info) -> dict:
     run.log(f"train {len(train_set)} sequences ({len(train_loader)} steps/epoch), val {len(val_set)}; "
             f"device {device}, epochs {start_epoch}..{args.epochs}")
 
+    objective = OrderingObjective(args.subcrop_size, args.subcrops, args.crop_consistency, args.seed)
     history = {"losses": [], "val": {}}
     timer = Timer()
     epoch = start_epoch - 1
@@ -150,8 +164,8 @@ def _train(args, device, dist_info) -> dict:
         stopped = False
         for batch in progress(train_loader, dist_info, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False):
             frames = batch["frames"].to(device, non_blocking=True)
-            _, scores = model(frames)  # (B, 6): d1, dbar1, d2, dbar2, d3, dbar3
-            total, l_diff, l_same = hypercut_loss(scores)
+            # the paper's loss on scores (B, 6) of d1, dbar1, d2, dbar2, d3, dbar3, plus our optional crop term
+            total, l_diff, l_same, l_crop = objective(model, frames, step)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
@@ -161,6 +175,7 @@ def _train(args, device, dist_info) -> dict:
             count += 1
             history["losses"].append(values[0].item())
             run.scalars({"train/total": values[0], "train/diff": values[1], "train/same": values[2],
+                         **({"train/crop": l_crop.item()} if args.crop_consistency else {}),
                          "train/lr": optimizer.param_groups[0]["lr"]}, step)
             if args.max_steps is not None and step >= args.max_steps:
                 stopped = True

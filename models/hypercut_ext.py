@@ -1,0 +1,123 @@
+"""Our extensions to HyperCUT's ordering model (not in the paper; off by default). See docs/ordering.md.
+
+HyperCUT's loss only asks that a pair and its reverse land on opposite sides and that the nested pairs
+of a sequence agree. Nothing in it prefers a rule that a deblurring network can read from the blur,
+and on the embedded dataset the rules it finds are not readable (FINDINGS 1). Two additions aim at a
+rule based on the global motion, which the blur does show (its axis, if not its sign):
+
+* Crop consistency (`--crop_consistency W`): K random sub-crops of each training sequence must land on
+  the same side: W * mean over crop pairs of softplus(-h(d1 of crop a) h(d1 of crop b)) is added to the
+  loss. A rule based on local content changes from crop to crop; one based on the camera's motion does
+  not.
+* A motion-capable f (`--f_func MotionIm2Vec`): the paper's f is linear up to 1/32 resolution (slope
+  1.0), so for content that only translates it cannot compute the motion. This f reads, at 1/4, 1/8
+  and 1/16 resolution (where a motion of 8-22 pixels is a few pixels at most), the frame difference,
+  its products with the spatial gradients of the mean frame (the terms of a Lucas-Kanade motion
+  estimate) and the mean frame, through a small ReLU network (3x3 then 1x1 convs, a mean), and
+  is antisymmetric by construction: d(a, b) = phi(a, b) - phi(b, a), so a pair and its reverse always
+  land on opposite sides (hit 1) and training starts away from the zero-score saddle.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from datasets.blur2vid import _seed_for
+
+
+class MotionIm2Vec(nn.Module):
+    """f for g = Concat: (B, 6, H, W) (two frames on the channel axis) -> (B, out_dim), antisymmetric in
+    the two frames. `slope` is accepted for HyperCUT's interface; the network uses ReLU."""
+
+    def __init__(self, in_channels: int = 6, out_dim: int = 128, base_width: int = 32,
+                 slope: float = 0.0, scales=(4, 8, 16)):
+        super().__init__()
+        if in_channels % 2:
+            raise ValueError(f"MotionIm2Vec takes two frames on the channel axis, got {in_channels} channels")
+        c = in_channels // 2
+        self.out_dim = out_dim
+        self.scales = tuple(scales)
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(4 * c, base_width, 3, padding=1), nn.ReLU(inplace=True),
+                          nn.Conv2d(base_width, base_width, 1), nn.ReLU(inplace=True))
+            for _ in self.scales)
+        self.head = nn.Linear(base_width * len(self.scales), out_dim)
+        self.min_size = 2 * max(self.scales) + 1
+
+    @staticmethod
+    def _features(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """[D gx, D gy, D, M] for D = b - a and M = (a + b) / 2 (gx, gy: central differences of M)."""
+        diff, mean = b - a, 0.5 * (a + b)
+        padded = F.pad(mean, (1, 1, 1, 1), mode="replicate")
+        gx = 0.5 * (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2])
+        gy = 0.5 * (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1])
+        return torch.cat([diff * gx, diff * gy, diff, mean], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2:]) < self.min_size:
+            raise ValueError(f"MotionIm2Vec needs images of at least {self.min_size} x {self.min_size} pixels, "
+                             f"got {tuple(x.shape[-2:])}")
+        c = x.shape[1] // 2
+        out = []
+        for s, branch in zip(self.scales, self.branches):
+            pooled = F.avg_pool2d(x, s)
+            feats = self._features(pooled[:, :c], pooled[:, c:])
+            # phi(b, a) sees the same mean frame and the negated difference terms: one batched call
+            sign = torch.ones(4 * c, device=x.device, dtype=x.dtype)
+            sign[:3 * c] = -1
+            both = branch(torch.cat([feats, feats * sign.view(1, -1, 1, 1)])).mean((2, 3))
+            fwd, bwd = both.chunk(2)
+            out.append(fwd - bwd)
+        # the head is linear, so head(phi(a, b)) - head(phi(b, a)) = W (phi(a, b) - phi(b, a)): no bias
+        return torch.cat(out, 1) @ self.head.weight.t()
+
+
+def random_subcrops(frames: torch.Tensor, size: int, count: int, seed: int) -> torch.Tensor:
+    """count random size x size crops of every sequence (B, T, C, H, W) -> (B, count, T, C, size, size);
+    positions drawn from `seed` (independent per sequence and crop)."""
+    h, w = frames.shape[-2:]
+    if size > h or size > w:
+        raise ValueError(f"--subcrop_size {size} is larger than the training crops ({h}x{w}): raise --crop_size")
+    gen = torch.Generator().manual_seed(seed)
+    b = frames.shape[0]
+    tops = torch.randint(0, h - size + 1, (b, count), generator=gen).tolist()
+    lefts = torch.randint(0, w - size + 1, (b, count), generator=gen).tolist()
+    crops = [torch.stack([frames[i, ..., t:t + size, l:l + size] for t, l in zip(tops[i], lefts[i])])
+             for i in range(b)]
+    return torch.stack(crops)
+
+
+def crop_consistency_loss(u1: torch.Tensor) -> torch.Tensor:
+    """mean over sequences and crop pairs of softplus(-u1_a u1_b); u1 = h(d1) per crop, (B, K), K >= 2."""
+    if u1.dim() != 2 or u1.shape[1] < 2:
+        raise ValueError(f"expected scores (B, K >= 2), got shape {tuple(u1.shape)}")
+    k = u1.shape[1]
+    a, b = torch.triu_indices(k, k, offset=1, device=u1.device)
+    return F.softplus(-u1[:, a] * u1[:, b]).mean()
+
+
+class OrderingObjective:
+    """HyperCUT's training loss on one batch, with our optional sub-crops and crop-consistency term.
+
+    With subcrop_size None and weight 0 this is exactly the paper's loss on the batch as given.
+    __call__(model, frames, step) -> (total, l_diff, l_same, l_crop); l_crop is 0 when unused.
+    """
+
+    def __init__(self, subcrop_size: int | None = None, subcrops: int = 2, weight: float = 0.0, seed: int = 0):
+        if weight > 0 and (subcrop_size is None or subcrops < 2):
+            raise ValueError("--crop_consistency needs --subcrop_size and --subcrops >= 2")
+        self.subcrop_size, self.subcrops, self.weight, self.seed = subcrop_size, subcrops, float(weight), seed
+
+    def __call__(self, model, frames: torch.Tensor, step: int):
+        from models.hypercut import hypercut_loss
+        if self.subcrop_size is None:
+            _, scores = model(frames)
+            total, l_diff, l_same = hypercut_loss(scores)
+            return total, l_diff, l_same, total.new_zeros(())
+        b = frames.shape[0]
+        crops = random_subcrops(frames, self.subcrop_size, self.subcrops, _seed_for("subcrop", self.seed, step))
+        _, scores = model(crops.flatten(0, 1))  # (B*K, 6)
+        total, l_diff, l_same = hypercut_loss(scores)
+        l_crop = crop_consistency_loss(scores[:, 0].view(b, self.subcrops))
+        return total + self.weight * l_crop, l_diff, l_same, l_crop
