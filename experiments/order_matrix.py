@@ -42,16 +42,24 @@ HYPERCUTS = {
     # the paper's model with the demo's settings (README, run_demo.py)
     "paper": (["--crop_size", "64", "--batch_size", "8", "--lr", "5e-5", "--decay_type", "step_12_18_22",
                "--gamma", "0.5", "--val_epoch", "4"], 24),
-    # our extension: motion-capable f + crop consistency (docs/ordering.md)
-    "ext": (["--f_func", "MotionIm2Vec", "--crop_size", "128", "--subcrop_size", "64", "--subcrops", "2",
-             "--crop_consistency", "1.0", "--batch_size", "8", "--lr", "1e-3", "--decay_type", "step_6",
+    # our extension (docs/ordering.md): f reads a global motion estimate, 4 sub-crops must agree
+    "ext": (["--f_func", "FlowIm2Vec", "--crop_size", "128", "--subcrop_size", "64", "--subcrops", "4",
+             "--crop_consistency", "2.0", "--batch_size", "8", "--lr", "1e-3", "--decay_type", "step_6",
              "--gamma", "0.5", "--val_epoch", "4"], 8),
     # ablations, for the probe table only
+    "flow": (["--f_func", "FlowIm2Vec", "--crop_size", "64", "--batch_size", "8", "--lr", "1e-3",
+              "--decay_type", "step_6", "--gamma", "0.5", "--val_epoch", "4"], 8),
+    "corr_crop": (["--f_func", "CorrIm2Vec", "--crop_size", "128", "--subcrop_size", "64", "--subcrops", "4",
+                   "--crop_consistency", "2.0", "--batch_size", "8", "--lr", "1e-3", "--decay_type", "step_8",
+                   "--gamma", "0.5", "--val_epoch", "4"], 12),
+    "motion_crop": (["--f_func", "MotionIm2Vec", "--crop_size", "128", "--subcrop_size", "64", "--subcrops", "2",
+                     "--crop_consistency", "1.0", "--batch_size", "8", "--lr", "1e-3", "--decay_type", "step_3",
+                     "--gamma", "0.5", "--val_epoch", "4"], 4),
     "paper_crop": (["--crop_size", "128", "--subcrop_size", "64", "--subcrops", "2", "--crop_consistency", "1.0",
                     "--batch_size", "8", "--lr", "5e-5", "--decay_type", "step_12_18_22", "--gamma", "0.5",
                     "--val_epoch", "4"], 24),
-    "motion": (["--f_func", "MotionIm2Vec", "--crop_size", "64", "--batch_size", "8", "--lr", "1e-3",
-                "--decay_type", "step_6", "--gamma", "0.5", "--val_epoch", "4"], 8),
+    "paper_slope02": (["--slope", "0.2", "--crop_size", "64", "--batch_size", "8", "--lr", "5e-5",
+                       "--decay_type", "step_12_18_22", "--gamma", "0.5", "--val_epoch", "4"], 24),
 }
 MATRIX_HYPERCUTS = ("paper", "ext")  # the variants that get deblurring rows
 
@@ -150,7 +158,7 @@ def build_jobs(args, work: Path, out: Path) -> list:
             rows.append((f"hcloss_{v}_a{a}", data, ["--loss_type", "hypercut", "--hypercut_path", hc_ckpt(v),
                                                     "--alpha", a], [f"hc_{v}"], v))
     # priority: the demo budget's key rows first, then the rest, then the long budget
-    key = {"naive", "order_inv", "oracle", "pit", "naive_hc_ext", "hcloss_ext_a0", "naive_hc_paper"}
+    key = {"naive", "order_inv", "oracle", "pit", "hcloss_ext_a0", "naive_hc_ext", "naive_hc_paper", "hcloss_paper_a0.2"}
     budgets = list(BUDGETS)
     ordered = [(b, r) for b in budgets[:1] for r in rows if r[0] in key] + \
               [(b, r) for b in budgets[:1] for r in rows if r[0] not in key] + \
@@ -259,7 +267,7 @@ def order_analysis(work: Path, res: Path, tiny: bool, device_name: str) -> dict:
     from utils.training import make_eval_loader
     device = resolve_device(device_name)
     data, ck = work / "data", work / "checkpoints"
-    loader = make_eval_loader(Blur2VidDataset(data, "test", augment=None), 10, 0, device)
+    loader = make_eval_loader(Blur2VidDataset(data, "test", augment=None), 20, 2 if device.type == "cuda" else 0, device)
     hcs = {}
     for v in MATRIX_HYPERCUTS:
         path = ck / f"hc_{v}" / "models" / f"{1 if tiny else HYPERCUTS[v][1]:04d}.pth"
@@ -273,8 +281,30 @@ def order_analysis(work: Path, res: Path, tiny: bool, device_name: str) -> dict:
             continue
         model = load_backbone(models[-1], map_location=device)
         with torch.no_grad():
-            out[exp] = {v: order_figures(model, loader, device, hc) for v, hc in hcs.items()}
+            out[exp] = order_figures(model, loader, device, hcs)
     return out
+
+
+FIGURE_ROWS = ("naive", "order_inv", "pit", "oracle", "naive_hc_paper", "naive_hc_ext", "hcloss_ext_a0")
+
+
+def sequence_figures(work: Path, out: Path, device_name: str, indices=(0, 1, 2)) -> None:
+    """Contact sheets and GIFs (utils.figures.method_figures) of a few test sequences, demo budget. In
+    each GIF: ground truth, then the rows of FIGURE_ROWS that finished, left to right."""
+    from datasets.blur2vid import Blur2VidDataset
+    from models import load_backbone
+    from utils.device import resolve_device
+    from utils.figures import method_figures
+    device = resolve_device(device_name)
+    models = {}
+    for row in FIGURE_ROWS:
+        found = sorted((work / "checkpoints" / f"jin_demo_{row}" / "models").glob("*.pth"))
+        if found:
+            models[row] = load_backbone(found[-1], map_location=device)
+    dataset = Blur2VidDataset(work / "data", "test", augment=None)
+    if models:
+        method_figures(models, dataset, [i for i in indices if i < len(dataset)], out / "figures", device)
+        print("figures: " + str(out / "figures") + " (GIF columns: ground truth, " + ", ".join(models) + ")")
 
 
 def write_report(args, work: Path, out: Path, jobs: list) -> None:
@@ -284,7 +314,8 @@ def write_report(args, work: Path, out: Path, jobs: list) -> None:
     res = out / "results"
     lines = ["# Order matrix (experiments/order_matrix.py)", "",
              f"Mode {'tiny' if args.tiny else 'full'}, device {args.device}; budgets: "
-             + "; ".join(f"{b}: {' '.join(f)} --epochs {e}" for b, (f, e) in BUDGETS.items()), ""]
+             + ("tiny (" + " ".join(TINY["jin"]) + ")" if args.tiny else
+                "; ".join(f"{b}: {' '.join(f)} --epochs {e}" for b, (f, e) in BUDGETS.items())), ""]
     hc_rows = []
     for v in HYPERCUTS:
         p = res / f"hypercut_{v}.json"
@@ -342,6 +373,7 @@ def write_report(args, work: Path, out: Path, jobs: list) -> None:
                   "prediction is in that order (utils/order_eval.py).", ""]
     if series:
         per_frame_plot(series, out / "per_frame_demo.png", title="pPSNR per frame, demo budget")
+        sequence_figures(work, out, args.device)
     failed = [j.name for j in jobs if j.state != "done"]
     if failed:
         lines += ["Not finished: " + ", ".join(f"{j.name} ({j.state})" for j in jobs if j.state != "done"), ""]
@@ -360,8 +392,10 @@ def main(argv=None) -> int:
     p.add_argument("--num_workers", type=int, default=None, help="data loader workers per training (default 2; tiny 0)")
     p.add_argument("--threads", type=int, default=None, help="OMP threads per command (default 2; tiny 1)")
     p.add_argument("--data_workers", type=int, default=None, help="dataset rendering processes (default: CPU count)")
-    p.add_argument("--launch_deadline", type=float, default=330.0, help="start no command after this many seconds")
-    p.add_argument("--deadline", type=float, default=375.0, help="stop running commands after this many seconds")
+    p.add_argument("--launch_deadline", type=float, default=None,
+                   help="start no command after this many seconds (default 300; none with --tiny)")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="stop running commands after this many seconds (default 340; none with --tiny)")
     p.add_argument("--ablations", action="store_true", default=None,
                    help="also train the ablation HyperCUTs for the probe (default: on, except --tiny)")
     args = p.parse_args(argv)
@@ -377,10 +411,14 @@ def main(argv=None) -> int:
     args.threads = args.threads or (1 if args.tiny or not cuda else 2)
     args.data_workers = args.data_workers or max(1, min(16, os.cpu_count() or 1))
     args.ablations = (not args.tiny) if args.ablations is None else args.ablations
+    never = float("inf")
+    args.launch_deadline = args.launch_deadline or (never if args.tiny else 300.0)
+    args.deadline = args.deadline or (never if args.tiny else 340.0)
     out = Path(args.out).resolve()
     work = Path(args.work or REPO / ("runs/order_matrix_tiny" if args.tiny else "runs/order_matrix")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)  # the report's evaluations run in this process
     jobs = build_jobs(args, work, out)
     print(f"{len(jobs)} commands, {sum(j.state == 'done' for j in jobs)} already done; device {args.device}, "
           f"{args.jobs} at once; work {work}, results {out}", flush=True)

@@ -73,6 +73,92 @@ class MotionIm2Vec(nn.Module):
         return torch.cat(out, 1) @ self.head.weight.t()
 
 
+class CorrIm2Vec(nn.Module):
+    """f for g = Concat that sees the two frames only through their global correlation at a set of
+    shifts (a cost volume, as optical-flow networks build): at 1/4 resolution for shifts up to +-5
+    (+-20 pixels) and at 1/8 for shifts up to +-3 (+-24 pixels), on the grey, zero-mean, unit-variance
+    frames. An MLP reads the cost volume; d(a, b) = phi(a, b) - phi(b, a), where phi(b, a) reads the
+    same cost volume with every shift negated. The peak of the cost volume is the global motion, so
+    this f can order by the motion and hardly by anything else."""
+
+    def __init__(self, in_channels: int = 6, out_dim: int = 128, base_width: int = 128,
+                 slope: float = 0.0, scales=((4, 5), (8, 3))):
+        super().__init__()
+        if in_channels % 2:
+            raise ValueError(f"CorrIm2Vec takes two frames on the channel axis, got {in_channels} channels")
+        self.out_dim = out_dim
+        self.scales = tuple(scales)
+        n = sum((2 * r + 1) ** 2 for _, r in self.scales)
+        self.mlp = nn.Sequential(nn.Linear(n, base_width), nn.ReLU(inplace=True),
+                                 nn.Linear(base_width, base_width), nn.ReLU(inplace=True),
+                                 nn.Linear(base_width, out_dim, bias=False))
+        self.min_size = 4 * max(s for s, _ in self.scales)  # a pooled map of at least 4 x 4
+
+    @staticmethod
+    def cost_volume(a: torch.Tensor, b: torch.Tensor, radius: int) -> torch.Tensor:
+        """(N, 1, H, W) x 2 -> (N, (2r+1)^2): mean of a(x) b(x + s) over x for every shift s (zero outside)."""
+        n, _, h, w = a.shape
+        k = 2 * radius + 1
+        windows = F.unfold(F.pad(b, (radius,) * 4), (h, w))  # (N, H*W, k*k): b shifted by each s
+        return (a.flatten(1)[:, :, None] * windows).sum(1) / (h * w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2:]) < self.min_size:
+            raise ValueError(f"CorrIm2Vec needs images of at least {self.min_size} x {self.min_size} pixels, "
+                             f"got {tuple(x.shape[-2:])}")
+        c = x.shape[1] // 2
+        grey = torch.stack([x[:, :c].mean(1), x[:, c:].mean(1)], 1)  # (N, 2, H, W)
+        fwd, bwd = [], []
+        for s, r in self.scales:
+            p = F.avg_pool2d(grey, s)
+            p = (p - p.mean((2, 3), keepdim=True)) / (p.std((2, 3), keepdim=True) + 1e-4)
+            a, b = p[:, :1], p[:, 1:]
+            fwd.append(self.cost_volume(a, b, r))
+            bwd.append(self.cost_volume(b, a, r))
+        both = self.mlp(torch.cat([torch.cat(fwd, 1), torch.cat(bwd, 1)]))
+        ab, ba = both.chunk(2)
+        return ab - ba
+
+
+class FlowIm2Vec(CorrIm2Vec):
+    """Like CorrIm2Vec, but the MLP reads only the soft-argmax of each cost volume: a global motion
+    estimate (dx, dy) per scale, in pixels / 8. d(a, b) = phi(m) - phi(-m), so the order HyperCUT learns
+    is an odd function of the estimated motion and of nothing else; which function is still learnt
+    by HyperCUT's loss (and the crop-consistency term)."""
+
+    def __init__(self, in_channels: int = 6, out_dim: int = 128, base_width: int = 64,
+                 slope: float = 0.0, scales=((4, 5), (8, 3)), temperature: float = 0.05):
+        super().__init__(in_channels, out_dim, base_width, slope, scales)
+        self.temperature = temperature
+        self.mlp = nn.Sequential(nn.Linear(2 * len(self.scales), base_width), nn.ReLU(inplace=True),
+                                 nn.Linear(base_width, base_width), nn.ReLU(inplace=True),
+                                 nn.Linear(base_width, out_dim, bias=False))
+        for s, r in self.scales:
+            k = torch.arange(-r, r + 1, dtype=torch.float32) * s / 8.0
+            dy, dx = torch.meshgrid(k, k, indexing="ij")
+            self.register_buffer(f"shifts_{s}", torch.stack([dx.flatten(), dy.flatten()], 1), persistent=False)
+
+    def motion(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2 * scales): soft-argmax (dx, dy) of each scale's cost volume, in pixels / 8."""
+        c = x.shape[1] // 2
+        grey = torch.stack([x[:, :c].mean(1), x[:, c:].mean(1)], 1)
+        out = []
+        for s, r in self.scales:
+            p = F.avg_pool2d(grey, s)
+            p = (p - p.mean((2, 3), keepdim=True)) / (p.std((2, 3), keepdim=True) + 1e-4)
+            weights = torch.softmax(self.cost_volume(p[:, :1], p[:, 1:], r) / self.temperature, dim=1)
+            out.append(weights @ getattr(self, f"shifts_{s}"))
+        return torch.cat(out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2:]) < self.min_size:
+            raise ValueError(f"FlowIm2Vec needs images of at least {self.min_size} x {self.min_size} pixels, "
+                             f"got {tuple(x.shape[-2:])}")
+        m = self.motion(x)
+        ab, ba = self.mlp(torch.cat([m, -m])).chunk(2)
+        return ab - ba
+
+
 def random_subcrops(frames: torch.Tensor, size: int, count: int, seed: int) -> torch.Tensor:
     """count random size x size crops of every sequence (B, T, C, H, W) -> (B, count, T, C, size, size);
     positions drawn from `seed` (independent per sequence and crop)."""

@@ -198,3 +198,23 @@ def test_last_epoch_terms_reads_the_train_log(tmp_path):
                    "2026-01-01 00:00:02 epoch 2/2 | step 10 | total 0.30000 | base 0.20000 | reg 0.50000 | "
                    "flipped 3.00000 | lr 0.0005 | 3.0 s (total 6.0 s)\n")
     assert last_epoch_terms(log) == {"total": 0.3, "base": 0.2, "reg": 0.5, "flipped": 3.0}
+
+
+def test_order_eval_reads_the_direction_of_predictions():
+    from utils.order_eval import sequence_signs, summarise
+    cfg = SyntheticConfig(size=48, foreground_p=0.0)
+    photo = prepare_photo(load_photo("astronaut"), cfg.size)
+    seqs = [render_sequence(photo, cfg, torch.Generator().manual_seed(i)) for i in range(4)]
+    gt = torch.stack([s["sharp"] for s in seqs])
+    rightwards = torch.tensor([1.0 if s["motion"][0] >= 0 else -1.0 for s in seqs])
+    pred = torch.stack([gt[0], gt[1].flip(0), gt[2], gt[3].flip(0)])
+    torch.manual_seed(0)
+    hc = HyperCUT(f_func="FlowIm2Vec")
+    signs = sequence_signs(pred, gt, hc)
+    assert signs["direction"].tolist() == [1.0, -1.0, 1.0, -1.0]
+    assert signs["oracle"].tolist() == rightwards.tolist()
+    # the predictions are exact copies: HyperCUT judges them as it judges the ground truth
+    assert torch.equal(signs["hc_pred"], signs["direction"] * signs["hc_gt"])
+    fig = summarise(signs)
+    assert fig["hc_honest"] == 1.0 and fig["num_sequences"] == 4
+    assert fig["follows_oracle"] == float((signs["direction"] == rightwards).float().mean())

@@ -100,3 +100,27 @@ def probe_plot(steps, agreements: dict, path, title: str | None = None) -> Path:
     if title:
         ax.set_title(title, fontsize=9)
     return _save_figure(fig, path)
+
+
+@torch.no_grad()
+def method_figures(models: dict, dataset, indices, out_dir, device, prefix: str = "sequence") -> list:
+    """For each dataset index: a contact sheet (one row per method: blur | predicted frames | ground
+    truth) as OUT/<prefix>_<index>.png and a GIF of the frames side by side (ground truth, then each
+    method in the order given) as OUT/<prefix>_<index>.gif. models: {label: backbone in eval mode}."""
+    from utils.images import make_strip
+    out_dir = Path(out_dir)
+    written = []
+    for index in indices:
+        item = dataset[index]
+        blur, gt = item["blur"][None].to(device), item["frames"][None].to(device)
+        preds = {label: model(blur).float().clamp(0, 1) for label, model in models.items()}
+        rows = [(label, make_strip(blur, pred, gt)) for label, pred in preds.items()]
+        written.append(contact_sheet(rows, out_dir / f"{prefix}_{index}.png",
+                                     title=f"test sequence {item['id']}: blur | predicted frames 1-7 | ground truth"))
+        gap = torch.ones(gt.shape[2], gt.shape[3], 2, device=device)
+        frames = []
+        for t in range(gt.shape[1]):
+            parts = [gt[0, t]] + [pred[0, t] for pred in preds.values()]
+            frames.append(torch.cat([x for p in parts for x in (p, gap)][:-1], dim=-1).cpu())
+        written.append(save_gif(frames, out_dir / f"{prefix}_{index}.gif"))
+    return written

@@ -55,13 +55,18 @@ def summarise(signs: dict) -> dict:
 
 
 @torch.no_grad()
-def order_figures(model, loader, device, hypercut=None) -> dict:
-    """summarise() over every sequence of an eval loader (make_eval_loader: lists of batches)."""
+def order_figures(model, loader, device, hypercuts: dict | None = None) -> dict:
+    """{name: summarise()} over every sequence of an eval loader (make_eval_loader: lists of batches),
+    one entry per HyperCUT of {name: model} (one entry "none" without any); the deblurring network runs
+    once per batch."""
     model.eval()
-    parts: dict = {}
+    hypercuts = hypercuts or {"none": None}
+    parts: dict = {name: {} for name in hypercuts}
     for batches in loader:
         for batch in batches:
+            gt = batch["frames"].to(device)
             pred = model(batch["blur"].to(device))
-            for k, v in sequence_signs(pred, batch["frames"].to(device), hypercut).items():
-                parts.setdefault(k, []).append(v)
-    return summarise({k: torch.cat(v) for k, v in parts.items()})
+            for name, hc in hypercuts.items():
+                for k, v in sequence_signs(pred, gt, hc).items():
+                    parts[name].setdefault(k, []).append(v)
+    return {name: summarise({k: torch.cat(v) for k, v in p.items()}) for name, p in parts.items()}
