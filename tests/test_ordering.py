@@ -218,3 +218,18 @@ def test_order_eval_reads_the_direction_of_predictions():
     fig = summarise(signs)
     assert fig["hc_honest"] == 1.0 and fig["num_sequences"] == 4
     assert fig["follows_oracle"] == float((signs["direction"] == rightwards).float().mean())
+
+
+def test_gif_and_figures(tmp_path):
+    from PIL import Image
+    from utils.figures import contact_sheet, per_frame_plot, probe_plot, save_gif
+    frames = torch.stack([torch.full((3, 8, 10), k / 7) for k in range(7)])
+    path = save_gif(frames, tmp_path / "a.gif")
+    gif = Image.open(path)
+    assert gif.n_frames == 12 and gif.size == (10, 8)  # forwards, then back without repeating the ends
+    assert gif.info["loop"] == 0
+    contact_sheet([("a", torch.rand(3, 8, 30)), ("b", torch.rand(3, 8, 30))], tmp_path / "c.png", title="t")
+    per_frame_plot({"x": [1.0, 2.0, 3.0]}, tmp_path / "p.png")
+    probe_plot([1, 2], {"oracle": [0.9, 1.0]}, tmp_path / "q.png")
+    for name in ("c.png", "p.png", "q.png"):
+        assert Image.open(tmp_path / name).format == "PNG"
