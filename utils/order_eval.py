@@ -70,3 +70,27 @@ def order_figures(model, loader, device, hypercuts: dict | None = None) -> dict:
                 for k, v in sequence_signs(pred, gt, hc).items():
                     parts[name].setdefault(k, []).append(v)
     return {name: summarise({k: torch.cat(v) for k, v in p.items()}) for name, p in parts.items()}
+
+
+class BlurAsFrames(torch.nn.Module):
+    """The do-nothing baseline: every predicted frame is the blurry image itself."""
+
+    def __init__(self, num_frames: int = 7):
+        super().__init__()
+        self.num_frames = num_frames
+
+    def forward(self, blur: torch.Tensor) -> torch.Tensor:
+        return blur.unsqueeze(1).expand(-1, self.num_frames, -1, -1, -1)
+
+
+def blur_baseline(loader, device, num_frames: int = 7) -> dict:
+    """Per-frame pPSNR / pSSIM (p_mode pair) of BlurAsFrames on an eval loader, with their means."""
+    from utils.evaluation import evaluate
+    from utils.metrics import SequenceMetrics
+    metrics = SequenceMetrics(lpips=None, mode="pair")
+    evaluate(BlurAsFrames(num_frames), loader, device, metrics, desc="blur baseline")
+    out = {}
+    for name in ("pPSNR", "pSSIM"):
+        out[name] = metrics.per_frame(name)
+        out[f"{name}_mean"] = metrics.mean(name)
+    return out
