@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     p.add_argument("--metadata_root", default=None, help="dataset for the contact sheets (test split)")
     p.add_argument("--sequences", type=int, nargs="+", default=[0], help="test-split indices to show")
     p.add_argument("--title", default=None, help="title of the per-frame plot")
+    p.add_argument("--scale", type=float, default=1.0, help="size of the contact sheets (1: one pixel per pixel)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     try:
@@ -71,7 +72,8 @@ def main(argv=None) -> int:
         loaded = {label: load_backbone(path, map_location=args.device) for label, path in models.items()}
         dataset = Blur2VidDataset(args.metadata_root, "test", augment=None)
         with torch.no_grad():
-            for path in method_figures(loaded, dataset, args.sequences, out, torch.device(args.device)):
+            for path in method_figures(loaded, dataset, args.sequences, out, torch.device(args.device),
+                                       scale=args.scale):
                 print(f"wrote {path}")
     return 0
 

@@ -103,7 +103,8 @@ def probe_plot(steps, agreements: dict, path, title: str | None = None) -> Path:
 
 
 @torch.no_grad()
-def method_figures(models: dict, dataset, indices, out_dir, device, prefix: str = "sequence") -> list:
+def method_figures(models: dict, dataset, indices, out_dir, device, prefix: str = "sequence",
+                   scale: float = 1.0) -> list:
     """For each dataset index: a contact sheet (one row per method: blur | predicted frames | ground
     truth) as OUT/<prefix>_<index>.png and a GIF of the frames side by side (ground truth, then each
     method in the order given) as OUT/<prefix>_<index>.gif. models: {label: backbone in eval mode}."""
@@ -115,7 +116,7 @@ def method_figures(models: dict, dataset, indices, out_dir, device, prefix: str 
         blur, gt = item["blur"][None].to(device), item["frames"][None].to(device)
         preds = {label: model(blur).float().clamp(0, 1) for label, model in models.items()}
         rows = [(label, make_strip(blur, pred, gt)) for label, pred in preds.items()]
-        written.append(contact_sheet(rows, out_dir / f"{prefix}_{index}.png",
+        written.append(contact_sheet(rows, out_dir / f"{prefix}_{index}.png", scale=scale,
                                      title=f"test sequence {item['id']}: blur | predicted frames 1-7 | ground truth"))
         gap = torch.ones(gt.shape[2], gt.shape[3], 2, device=device)
         frames = []
