@@ -3,6 +3,11 @@
   python generate_order.py --dataset_name syn --metadata_root data/synthetic \
       --pretrained_path checkpoints/hc/models/0100.pth --save_path data/synthetic/metadata_ordered.json
   python generate_order.py --metadata_root data/synthetic --pretrained_path hc.pth --save_path orders/syn.json
+  python generate_order.py --metadata_root data/synthetic --oracle --save_path data/synthetic/metadata_oracle.json
+
+--oracle (embedded dataset only) orders by the camera motion that prepare_dataset.py synthetic records
+in each entry (`motion: [dx, dy]`, frame 1 -> frame 7): `reverse` iff dx < 0. It is the ceiling of
+a learnable canonical order (datasets/ordering.py), to compare HyperCUT's order with.
 
 Every entry of every split is judged on its frames as stored on disk (full images, no augmentation;
 the entry's current `order` is ignored; entries with a `bbox` are cropped around it as at test time): with u_k = h(f(g(P_k))) for P1 = (x1, x7), P2 = (x2, x6),
@@ -28,6 +33,7 @@ from pathlib import Path
 import torch
 
 from datasets.blur2vid import Blur2VidDataset
+from datasets.ordering import oracle_orders
 from datasets.metadata import (MetadataError, check_files, dataset_name, metadata_file, parse_entries, read_metadata,
                                rebased, with_orders, write_metadata)
 from models.hypercut import F_FUNCS, G_FUNCS, load_hypercut, order_decisions
@@ -44,6 +50,8 @@ def build_parser() -> ArgumentParser:
     add_data_args(p, limits=(), target_frames=False)
     add_runtime_args(p, batch_size=8, num_workers=0)
     add_checkpoint_args(p, "our HyperCUT checkpoint or the reference's state dict")
+    p.add_argument("--oracle", action="store_true",
+                   help="order by each entry's recorded camera motion (reverse iff dx < 0) instead of HyperCUT")
     p.add_argument("--save_path", required=True,
                    help="output metadata file (a folder means <folder>/metadata.json)")
     p.add_argument("--overwrite", action="store_true",
@@ -96,15 +104,22 @@ def main_body(args) -> None:
     meta = read_metadata(source)
     root = Path(args.data_root) if args.data_root else source.parent
     out = output_path(args, source)  # checked before the (long) scoring
-    args.dataset_name = dataset_name(source, args.dataset_name)
-    args.pretrained_path = str(resolve_pretrained(
-        args, hypercut_run_name(args.f_func, args.g_func, args.out_dim, args.dataset_name)))
-    device = resolve_device(args.device)
-    scores = judge(args, device, meta, source, root)
-    reverse = order_decisions(scores)
-    u = scores[:, 0::2]
-    consistent = ((u[:, 0] * u[:, 1] > 0) & (u[:, 0] * u[:, 2] > 0))
-    orders = {i: "reverse" if r else "ignore" for i, r in enumerate(reverse.tolist())}
+    if args.oracle:
+        if args.pretrained_path:
+            raise FlagError("give either --pretrained_path (HyperCUT's order) or --oracle (the recorded motion)")
+        orders = oracle_orders(meta)
+        reverse = torch.tensor([orders[i] == "reverse" for i in range(len(meta["data"]))], dtype=torch.bool)
+        consistent = torch.ones_like(reverse)
+    else:
+        args.dataset_name = dataset_name(source, args.dataset_name)
+        args.pretrained_path = str(resolve_pretrained(
+            args, hypercut_run_name(args.f_func, args.g_func, args.out_dim, args.dataset_name)))
+        device = resolve_device(args.device)
+        scores = judge(args, device, meta, source, root)
+        reverse = order_decisions(scores)
+        u = scores[:, 0::2]
+        consistent = ((u[:, 0] * u[:, 1] > 0) & (u[:, 0] * u[:, 2] > 0))
+        orders = {i: "reverse" if r else "ignore" for i, r in enumerate(reverse.tolist())}
     write_metadata(out, rebased(with_orders(meta, orders), root, out.parent))
 
     partitions = [e["partition"] for e in meta["data"]]

@@ -9,7 +9,8 @@ predicts the central frame) or a folder holding Jin et al.'s four official files
 F35_N8.pth, F26_N9_from_F35_N8.pth, F17_N9_from_F26_N9_from_F35_N8.pth).
 --blur_path: one image, or a folder whose png/jpg/jpeg/bmp images are all processed (sorted by name).
 Each image, at its own size, gives OUTPUT/<image stem>/frame_1.png .. frame_7.png (8-bit RGB), every
-file written to a temporary name and renamed.
+file written to a temporary name and renamed; --gif adds frames.gif (the frames played forwards and
+back) and contact.png (blur | frames).
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--output_path", default="output", help="folder for OUTPUT/<image stem>/frame_k.png")
     p.add_argument("--target_frames", type=int, nargs="+", default=None,
                    help="accepted for the reference's command line: the model's frames are all written")
+    p.add_argument("--gif", action="store_true",
+                   help="also write OUTPUT/<image stem>/frames.gif (the frames, animated) and contact.png (blur | frames)")
     p.add_argument("--width_mult", type=float, default=None,
                    help="width of an official-weights folder's model (default 1.0); checked against a checkpoint's")
     add_runtime_args(p, batch_size=None)
@@ -85,8 +88,9 @@ def deblur(model, image: torch.Tensor, device) -> torch.Tensor:
     return model(image.unsqueeze(0).to(device))["frames"][0].float().cpu()
 
 
-def run_inference(model, images, output_path, device, log=print) -> list[Path]:
-    """Deblur each image file and write OUTPUT/<stem>/frame_k.png; returns the output folders."""
+def run_inference(model, images, output_path, device, log=print, gif: bool = False) -> list[Path]:
+    """Deblur each image file and write OUTPUT/<stem>/frame_k.png (with gif: frames.gif and contact.png
+    too); returns the output folders."""
     out = Path(output_path)
     folders = []
     for path in progress(images, desc="inference", unit="image"):
@@ -95,6 +99,11 @@ def run_inference(model, images, output_path, device, log=print) -> list[Path]:
         frames = deblur(model, image, device)
         folder = out / path.stem
         save_frames(frames, folder)
+        if gif:
+            from utils.figures import save_gif
+            from utils.images import make_strip, save_png
+            save_gif(frames.clamp(0, 1), folder / "frames.gif")
+            save_png(make_strip(image.unsqueeze(0), frames.unsqueeze(0)), folder / "contact.png")
         folders.append(folder)
         log(f"{path} -> {folder}/frame_1..{len(frames)}.png ({image.shape[2]}x{image.shape[1]}, "
             f"{time.perf_counter() - start:.2f} s)")
@@ -115,7 +124,7 @@ def main_body(args) -> None:
     if args.target_frames is not None and sorted(args.target_frames) != list(range(1, model.num_frames + 1)):
         raise FlagError(f"--target_frames: the model predicts frames 1..{model.num_frames}, and inference writes "
                         "them all; leave the flag out")
-    run_inference(model, images, out, device)
+    run_inference(model, images, out, device, gif=args.gif)
 
 
 def main(argv=None) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from datasets.metadata import PARTITIONS, load_split, read_metadata
 from utils.cli import ArgumentParser, run_main
+from utils.errors import FlagError
 
 
 def print_summary(root) -> dict:
@@ -49,6 +50,7 @@ def build_parser() -> ArgumentParser:
     syn.add_argument("--subframes", type=int, default=7, help="sub-frames per frame slot (odd, >= 5)")
     syn.add_argument("--foreground_p", type=float, default=0.4, help="share of sequences with a moving patch")
     syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--workers", type=int, default=1, help="rendering processes (the output is the same)")
     syn.add_argument("--overwrite", action="store_true", help="replace a dataset already at --out")
 
     fr = sub.add_parser("frames", help="from folders of consecutive high-frame-rate frames, one per video")
@@ -83,7 +85,9 @@ def main_body(args) -> None:
             cfg = SyntheticConfig(size=args.size, subframes=args.subframes, seed=args.seed,
                                   foreground_p=args.foreground_p,
                                   counts={"train": args.num_train, "val": args.num_val, "test": args.num_test})
-            meta = generate(cfg, writer, progress=sys.stderr.isatty())
+            if args.workers < 1:
+                raise FlagError(f"--workers must be >= 1 (got {args.workers})")
+            meta = generate(cfg, writer, progress=sys.stderr.isatty(), workers=args.workers)
         else:
             from datasets import from_frames
             cfg = from_frames.FramesConfig(window=args.window, stride=args.stride, frames=args.num_frames,

@@ -47,6 +47,7 @@ from datasets.metadata import dataset_name
 from datasets.transforms import AugmentConfig
 from models.convention import REFERENCE_BGR_IMAGENET
 from models.hypercut import F_FUNCS, G_FUNCS, REFERENCE_SLOPE, HyperCUT, hypercut_loss, load_hypercut, sequence_pairs
+from models.hypercut_ext import OrderingObjective
 from utils.checkpoint import CheckpointError, state_dict_mismatch
 from utils.cli import ArgumentParser, add_data_args, add_runtime_args, add_train_args, check_flags, run_main
 from utils.distributed import cleanup_process, setup_process
@@ -69,6 +70,12 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--g_func", default="Concat", choices=sorted(G_FUNCS), help="pair joiner g")
     g.add_argument("--slope", type=float, default=REFERENCE_SLOPE,
                    help="negative slope of f's LeakyReLUs; 1.0 (identity) is the released model's")
+    x = parser.add_argument_group("our extensions (docs/ordering.md; off by default)")
+    x.add_argument("--subcrop_size", type=int, default=None,
+                   help="train on --subcrops random crops of this size taken from each training crop")
+    x.add_argument("--subcrops", type=int, default=2, help="sub-crops per sequence (with --subcrop_size)")
+    x.add_argument("--crop_consistency", type=float, default=0.0,
+                   help="weight of the term asking a sequence's sub-crops to land on one side (0: the paper)")
     return parser
 
 
@@ -77,6 +84,10 @@ def check_args(args) -> None:
     if args.target_frames is not None and len(args.target_frames) < 6:
         raise FlagError(f"--target_frames: HyperCUT needs at least 6 frames (three nested pairs), "
                         f"got {len(args.target_frames)}")
+    if args.subcrop_size is not None and not 1 <= args.subcrop_size <= args.crop_size:
+        raise FlagError(f"--subcrop_size must be in 1..--crop_size ({args.crop_size}), got {args.subcrop_size}")
+    if args.crop_consistency > 0 and (args.subcrop_size is None or args.subcrops < 2):
+        raise FlagError("--crop_consistency needs --subcrop_size and --subcrops >= 2")
 
 
 def build_model(args) -> HyperCUT:
@@ -132,13 +143,17 @@ def _train(args, device, dist_info) -> dict:
     val_loader = make_eval_loader(val_set, args.batch_size, args.num_workers, device, dist_info)
     last = {}
 
+    objective = OrderingObjective(args.subcrop_size, args.subcrops, args.crop_consistency, args.seed)
+
     def step_fn(net, batch, amp):
         frames = batch["frames"].to(device, non_blocking=True)
+        # the paper's loss on the scores (B, 6) of d1, dbar1, d2, dbar2, d3, dbar3, plus our optional crop
+        # term; sub-crops are drawn from (epoch, batch indices), so a resumed run draws the same ones
         with amp():
-            _, scores = net(frames)  # (B, 6): d1, dbar1, d2, dbar2, d3, dbar3
-        total, l_diff, l_same = hypercut_loss(scores.float())
+            total, l_diff, l_same, l_crop, scores = objective(net, frames, (train_set.epoch, batch["index"].tolist()))
         last["scores"] = scores.detach()
-        return total, {"total": total, "diff": l_diff, "same": l_same}
+        terms = {"total": total, "diff": l_diff, "same": l_same}
+        return total, {**terms, "crop": l_crop} if args.crop_consistency else terms
 
     def validate_fn(net, epoch):
         """Loss and hit/consistency of the val split (full images, no augmentation), over all ranks."""

@@ -11,8 +11,9 @@ from losses.hypercut import HyperCUTLoss
 from losses.multiscale import PurohitLoss
 from losses.naive import NaiveLoss, charbonnier, naive_loss
 from losses.order_inv import OrderInvLoss, order_inv_loss, order_inv_terms
+from losses.pit import PITLoss, pit_loss
 
-LOSS_TYPES = ("naive", "order_inv", "hypercut")
+LOSS_TYPES = ("naive", "order_inv", "hypercut", "pit")
 
 
 class FramesLoss(nn.Module):
@@ -33,6 +34,8 @@ def build_frames_loss(loss_type: str, hypercut=None, alpha: float = 0.2) -> nn.M
         return NaiveLoss()
     if loss_type == "order_inv":
         return OrderInvLoss()
+    if loss_type == "pit":
+        return PITLoss()
     if loss_type == "hypercut":
         if hypercut is None:
             raise ValueError("--loss_type hypercut needs a HyperCUT model: pass --hypercut_path")
@@ -51,4 +54,5 @@ def build_loss(loss_type: str, hypercut=None, alpha: float = 0.2, *, multiscale:
 
 
 __all__ = ["LOSS_TYPES", "build_loss", "build_frames_loss", "charbonnier", "naive_loss", "order_inv_loss",
-           "order_inv_terms", "NaiveLoss", "OrderInvLoss", "HyperCUTLoss", "PurohitLoss", "FramesLoss"]
+           "order_inv_terms", "NaiveLoss", "OrderInvLoss", "HyperCUTLoss", "PurohitLoss", "FramesLoss", "PITLoss",
+           "pit_loss"]

@@ -10,7 +10,8 @@ ground truth (B, 7, 3, H, W) RGB [0, 1], returns (total, dict of detached terms)
           + center_weight * charbonnier(out["center_pred"], gt[:, 3])  "center", predicted centre only
 
 base is the naive (Charbonnier), order-invariant or, for hypercut, the naive loss against the
-canonically ordered ground truth (losses/naive.py, order_inv.py, hypercut.py). The ground truth is
+canonically ordered ground truth, for pit against the order closer to the finest prediction
+(losses/naive.py, order_inv.py, hypercut.py, pit.py). The ground truth is
 halved per scale by 2x2 means (models.backbones.purohit.pyramid, which the model also uses for the
 central frame). R is computed at the finest scale only.
 """
@@ -24,9 +25,10 @@ from torch import nn
 from losses.hypercut import HyperCUTLoss
 from losses.naive import charbonnier, naive_loss
 from losses.order_inv import order_inv_loss
+from losses.pit import pit_terms
 from models.backbones.purohit import pyramid
 
-PUROHIT_LOSS_TYPES = ("naive", "order_inv", "hypercut")
+PUROHIT_LOSS_TYPES = ("naive", "order_inv", "hypercut", "pit")
 
 
 def flow_tv(flow: torch.Tensor) -> torch.Tensor:
@@ -104,6 +106,11 @@ class PurohitLoss(nn.Module):
         target = gt
         if self.hypercut_loss is not None:
             target, flipped = self.hypercut_loss.canonicalize(gt)
+            terms["flipped"] = flipped.sum()
+        elif self.loss_type == "pit":  # the order is chosen once, at the finest scale, for every scale
+            with torch.no_grad():
+                _, flipped = pit_terms(out["frames"], gt)
+            target = torch.where(flipped[:, None, None, None, None], gt.flip(1), gt)
             terms["flipped"] = flipped.sum()
         base = order_inv_loss if self.loss_type == "order_inv" else naive_loss
         photo = multiscale_loss(out["scales"], target, base)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.convention import REFERENCE_BGR_IMAGENET, InputConvention
+from models.hypercut_ext import CorrIm2Vec, FlowIm2Vec, MotionIm2Vec
 from utils.checkpoint import CheckpointError, load_checkpoint, state_dict_mismatch
 
 # The released f uses `nn.LeakyReLU(True)`, which passes True as negative_slope: slope 1.0, so the
@@ -114,7 +115,9 @@ class Hyperplane(nn.Module):
 
 
 G_FUNCS = {"Concat": ConcatG}
-F_FUNCS = {"ResnetIm2Vec": ResnetIm2Vec}
+# MotionIm2Vec, CorrIm2Vec and FlowIm2Vec: our extensions (models/hypercut_ext.py)
+F_FUNCS = {"ResnetIm2Vec": ResnetIm2Vec, "MotionIm2Vec": MotionIm2Vec, "CorrIm2Vec": CorrIm2Vec,
+           "FlowIm2Vec": FlowIm2Vec}
 
 
 def sequence_pairs(num_frames: int, include_reversed: bool = True) -> list[tuple[int, int]]:
