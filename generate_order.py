@@ -39,7 +39,7 @@ from datasets.metadata import (MetadataError, check_files, dataset_name, metadat
 from models.hypercut import F_FUNCS, G_FUNCS, load_hypercut, order_decisions
 from utils.cli import ArgumentParser, add_checkpoint_args, add_data_args, add_runtime_args, check_flags, run_main
 from utils.device import resolve_device
-from utils.errors import FlagError
+from utils.errors import FlagError, RunFolderError
 from utils.evaluation import hypercut_scores, make_eval_loader
 from utils.report import markdown_table
 from utils.run import hypercut_run_name, resolve_pretrained
@@ -112,8 +112,11 @@ def main_body(args) -> None:
         consistent = torch.ones_like(reverse)
     else:
         args.dataset_name = dataset_name(source, args.dataset_name)
-        args.pretrained_path = str(resolve_pretrained(
-            args, hypercut_run_name(args.f_func, args.g_func, args.out_dim, args.dataset_name)))
+        try:
+            args.pretrained_path = str(resolve_pretrained(
+                args, hypercut_run_name(args.f_func, args.g_func, args.out_dim, args.dataset_name)))
+        except RunFolderError as e:
+            raise RunFolderError(f"{e}; or pass --oracle to order by the recorded motion") from None
         device = resolve_device(args.device)
         scores = judge(args, device, meta, source, root)
         reverse = order_decisions(scores)

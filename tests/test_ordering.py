@@ -88,7 +88,7 @@ def test_pit_loss_takes_the_better_direction():
     assert flipped.tolist() == [False, True, flipped[2].item()]
     third = min(naive_loss(pred[2:], gt[2:]).item(), naive_loss(pred[2:], gt[2:].flip(1)).item())
     assert math.isclose(loss.item(), (2 * math.sqrt(1e-6) + third) / 3, rel_tol=1e-5)
-    total, terms = build_loss("pit")(pred, gt)
+    total, terms = build_loss("pit")({"frames": pred}, gt)
     assert terms["flipped"].item() == int(flipped.sum()) and total.requires_grad is False
 
 
