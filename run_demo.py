@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from utils.cli import ArgumentParser, run_main
+from utils.cli import ArgumentParser, check_flags, run_main
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parent
@@ -128,6 +128,7 @@ def summary_markdown(hc: dict, tests: dict[str, dict], out: Path, mode: str) -> 
 
 
 def main_body(args) -> int:
+    check_flags(args)
     mode = "quick" if args.quick else "full"
     cfg = SETTINGS[mode]
     data = Path(args.data or cfg["data"])

@@ -143,6 +143,14 @@ def test_prepare_dataset_flags_are_checked_before_anything_is_written(tmp_path, 
     assert not out.exists()
 
 
+def test_run_demo_checks_its_flags_before_any_stage(tmp_path, capsys):
+    import run_demo
+    err = one_line_error(capsys, run_demo.main, ["--num_workers", "-1", "--out", str(tmp_path / "demo"),
+                                                 "--data", str(tmp_path / "data")])
+    assert "--num_workers" in err
+    assert not any(tmp_path.iterdir())
+
+
 def test_target_frames_load_in_the_order_given(data):
     """Unsorted --target_frames are a permutation of each sequence, as documented in --help and the README."""
     ds = Blur2VidDataset(data, "train", target_frames=[3, 1, 2, 7])
