@@ -187,7 +187,7 @@ def _check_entry(e: Entry, decode: bool) -> tuple:
 
 
 def check_workers() -> int:
-    """Threads for check_files: decoding (libpng, libjpeg) releases the GIL, so threads scale with cores."""
+    """Threads for check_files: torchvision's decoders run without the GIL, so threads use the free cores."""
     return max(1, min(8, os.cpu_count() or 1))
 
 
