@@ -497,7 +497,7 @@ import sys, time, torch
 from utils.checkpoint import save_checkpoint
 path = sys.argv[1]
 save_checkpoint({"epoch": 1}, path)
-big = {"epoch": 2, "w": torch.zeros(64 * 2 ** 20)}  # 256 MB: slow enough to be killed while writing
+big = {"epoch": 2, "w": torch.zeros(16 * 2 ** 20)}  # 64 MB: long enough to be killed while writing
 print("saved", flush=True)
 while True:
     save_checkpoint(big, path)
