@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from datasets.blur2vid import Blur2VidDataset
+from datasets.blur2vid import Blur2VidDataset, check_image_sizes
 from datasets.ordering import oracle_orders
 from datasets.metadata import (MetadataError, check_files, dataset_name, metadata_file, parse_entries, read_metadata,
                                rebased, with_orders, write_metadata)
@@ -87,13 +87,14 @@ def judge(args, device, meta: dict, source: Path, root: Path) -> torch.Tensor:
     entries = parse_entries(meta, root, source=str(source))  # every split, metadata order
     if not entries:
         raise MetadataError(f"{source}: no entries")
-    check_files(entries, progress=True)
+    check_files(entries, progress=True, decode=not args.quick_check)
     # Judge the frames as stored: the entries' current order is not applied.
     entries = [dataclasses.replace(e, order="keep") for e in entries]
     dataset = Blur2VidDataset(None, "all", entries=entries, frame_per_seq=meta.get("frame_per_seq", 7), augment=None)
     if len(dataset.target_frames) < 6:
         raise FlagError(f"HyperCUT needs sequences of at least 6 frames, this dataset has {len(dataset.target_frames)}")
     model = load_hypercut(args.pretrained_path, map_location=device)
+    check_image_sizes(None, None, dataset, eval_need={"HyperCUT's f": model.f_func.min_size})
     loader = make_eval_loader(dataset, args.batch_size, args.num_workers, device)
     return hypercut_scores(model, loader, device, desc="ordering")
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from datasets.transforms import ImageReadError, read_image
+from datasets.transforms import decode_image_file, read_image
 from models import backbone_names, load_backbone
 from utils.cli import ArgumentParser, add_runtime_args, check_flags, run_main
-from utils.device import resolve_device
+from utils.device import out_of_memory_hint, resolve_device
 from utils.errors import FlagError
-from utils.images import save_frames
+from utils.images import OutputFolders, save_frames
 from utils.training import progress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -71,14 +71,10 @@ def list_images(blur_path) -> list[Path]:
 
 
 def check_readable(images) -> None:
-    """Fail before any work on a file that is not an image (reads the headers only)."""
-    from PIL import Image
-    for path in images:
-        try:
-            with Image.open(path) as im:
-                im.size
-        except Exception as e:
-            raise ImageReadError(f"cannot read image {path}: {' '.join(str(e).split()) or type(e).__name__}") from None
+    """Fail before any work on a file that is not a complete image: each is decoded in full (a truncated
+    file is found here, before earlier images' outputs are written)."""
+    for path in progress(images, desc="checking images", unit="image", leave=False):
+        decode_image_file(path)
 
 
 @torch.inference_mode()
@@ -91,13 +87,16 @@ def deblur(model, image: torch.Tensor, device) -> torch.Tensor:
 def run_inference(model, images, output_path, device, log=print, gif: bool = False) -> list[Path]:
     """Deblur each image file and write OUTPUT/<stem>/frame_k.png (with gif: frames.gif and contact.png
     too); returns the output folders."""
-    out = Path(output_path)
+    out = OutputFolders(output_path)
     folders = []
     for path in progress(images, desc="inference", unit="image"):
         image = read_image(path)
         start = time.perf_counter()
-        frames = deblur(model, image, device)
-        folder = out / path.stem
+        with out_of_memory_hint(lambda: f"deblurring {path} ({image.shape[2]}x{image.shape[1]}, W x H) on {device}: "
+                                        "inference has no tiling option; use a smaller image (crop or downscale it)"
+                                        + (" or --device cpu" if device.type != "cpu" else "")):
+            frames = deblur(model, image, device)
+        folder = out.folder(path.stem, str(path))
         save_frames(frames, folder)
         if gif:
             from utils.figures import save_gif

@@ -10,23 +10,25 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from datasets.metadata import PARTITIONS, load_split, read_metadata
-from utils.cli import ArgumentParser, run_main
-from utils.errors import FlagError
+from datasets.metadata import PARTITIONS, load_split, metadata_file, parse_entries, read_metadata
+from utils.cli import ArgumentParser, check_flags, run_main
 
 
-def print_summary(root) -> dict:
+def print_summary(root, check=True) -> dict:
+    """Validate a dataset (check: True decodes every image, "headers" reads the headers only) and print
+    what it holds."""
     root = Path(root)
     meta = read_metadata(root)
-    counts = Counter(e.get("partition") for e in meta["data"])
-    orders = Counter(e.get("order") for e in meta["data"])
+    # every entry's fields first (one line on the first bad one), then each split's files
+    parsed = parse_entries(meta, metadata_file(root).parent, source=str(metadata_file(root)))
+    counts = Counter(e.partition for e in parsed)
+    orders = Counter(e.order for e in parsed)
     sizes = {}
     for split in PARTITIONS:
         if counts.get(split):
-            _, entries = load_split(root, split, check=True)
-            from PIL import Image
-            with Image.open(entries[0].blur_path) as im:
-                sizes[split] = f"{im.size[1]}x{im.size[0]}"
+            _, entries = load_split(root, split, check=check, progress=True)
+            h, w = entries[0].size
+            sizes[split] = f"{h}x{w}"
     print(f"dataset {meta.get('name', '?')} at {root.resolve()}")
     print(f"  frames per sequence: {meta.get('frame_per_seq', 7)}")
     print("| split | sequences | size (HxW) |")
@@ -69,13 +71,16 @@ def build_parser() -> ArgumentParser:
 
     sm = sub.add_parser("summary", help="validate a dataset and print its summary")
     sm.add_argument("--out", required=True, help="dataset root")
+    sm.add_argument("--quick_check", action="store_true",
+                    help="read only the image headers instead of decoding every image in full")
 
     return parser
 
 
 def main_body(args) -> None:
+    check_flags(args)
     if args.mode == "summary":
-        print_summary(args.out)
+        print_summary(args.out, check="headers" if args.quick_check else True)
         return
     from datasets.writer import DatasetWriter
     writer = DatasetWriter(args.out, overwrite=args.overwrite)
@@ -85,8 +90,6 @@ def main_body(args) -> None:
             cfg = SyntheticConfig(size=args.size, subframes=args.subframes, seed=args.seed,
                                   foreground_p=args.foreground_p,
                                   counts={"train": args.num_train, "val": args.num_val, "test": args.num_test})
-            if args.workers < 1:
-                raise FlagError(f"--workers must be >= 1 (got {args.workers})")
             meta = generate(cfg, writer, progress=sys.stderr.isatty(), workers=args.workers)
         else:
             from datasets import from_frames
@@ -99,7 +102,11 @@ def main_body(args) -> None:
         writer.abort()  # nothing half-written is left at --out
         raise
     writer.commit(meta)
-    print_summary(args.out)
+    try:
+        print_summary(args.out)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted while checking the new dataset; it was written completely to "
+                                f"{args.out} (check it with: python prepare_dataset.py summary --out {args.out})") from None
 
 
 def main(argv=None) -> int:

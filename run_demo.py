@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from utils.cli import ArgumentParser, run_main
+from utils.cli import ArgumentParser, check_flags, run_main
 from utils.errors import FlagError, UserError
 
 REPO = Path(__file__).resolve().parent
@@ -181,6 +181,7 @@ def summary_markdown(hc: dict, tests: dict[str, dict], out: Path, mode: str, hc_
 
 
 def main_body(args) -> int:
+    check_flags(args)
     if args.quick and args.config not in (None, "quick"):
         raise FlagError(f"--quick and --config {args.config} disagree: give one of them")
     mode = "quick" if args.quick else (args.config or "full")

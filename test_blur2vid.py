@@ -25,14 +25,15 @@ With --hypercut_path, hit/con of the predicted sequences are reported too.
 
 Prints the tables; --output_json writes every figure (lists per frame and `<name>_mean`), with a CSV of
 the per-frame figures beside it (same name, .csv); --save_images DIR writes each prediction as
-DIR/<entry id, / replaced by _>/frame_k.png.
+DIR/<entry id>/frame_k.png, the id percent-escaped so that every entry has its own folder (00000/0000 ->
+00000%2F0000; urllib.parse.unquote gives the id back).
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from datasets.blur2vid import Blur2VidDataset
+from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
 from datasets.metadata import PARTITIONS, dataset_name
 from losses import LOSS_TYPES
 from models import backbone_checkpoint_fields, backbone_names, load_backbone
@@ -42,8 +43,8 @@ from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_e
 from utils.device import resolve_device
 from utils.errors import FlagError
 from utils.evaluation import evaluate, make_eval_loader, predict_frames
-from utils.images import save_frames
-from utils.metrics import LPIPSMetric, LPIPSWeightsMissing, SequenceMetrics
+from utils.images import OutputFolders, entry_folder, save_frames
+from utils.metrics import LPIPSMetric, LPIPSWeightsMissing, SequenceMetrics, min_image_size
 from utils.report import markdown_table, write_csv, write_json
 from utils.run import blur2vid_run_name, resolve_pretrained
 
@@ -77,12 +78,6 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def entry_folder(entry_id: str, index: int) -> str:
-    """A folder name for an entry id: '/' (and '\\') become '_'; ids that would name no folder use the index."""
-    name = str(entry_id).replace("/", "_").replace("\\", "_")
-    return name if name.strip(".") else f"entry_{index:06d}"
-
-
 def make_lpips(args, device):
     """(metric or None, status for the report). In auto mode missing weights give one warning line."""
     if args.no_lpips or args.lpips == "off":
@@ -111,25 +106,24 @@ def run_test(args) -> dict:
         raise FlagError(f"{args.pretrained_path} is a stage-1 checkpoint (the video autoencoder, which never saw a "
                         "blurry image): evaluate the stage-2 model trained from it")
     dataset = Blur2VidDataset(args.metadata_root, args.split, target_frames=args.target_frames,
-                              data_root=args.data_root, augment=None, seed=args.seed, limit=args.test_limit)
+                              data_root=args.data_root, augment=None, seed=args.seed, limit=args.test_limit,
+                              check_files=file_check(args))
     if len(dataset.target_frames) != model.num_frames:
         raise FlagError(f"the model predicts {model.num_frames} frames, but the data gives "
                         f"{len(dataset.target_frames)}; pick {model.num_frames} with --target_frames")
-    hypercut = None
-    if args.hypercut_path:
-        hypercut = load_hypercut(args.hypercut_path, map_location=device)
-        h, w = dataset[0]["blur"].shape[-2:]
-        if min(h, w) < hypercut.f_func.min_size:
-            raise FlagError(f"HyperCUT needs images of at least {hypercut.f_func.min_size} pixels a side, "
-                            f"the {args.split} images are {h}x{w}")
+    hypercut = load_hypercut(args.hypercut_path, map_location=device) if args.hypercut_path else None
+    need = min_image_size(lpips=lpips is not None)
+    if hypercut is not None:
+        need["HyperCUT's f"] = hypercut.f_func.min_size
+    check_image_sizes(None, None, dataset, eval_need=need)  # every image, before any work
 
     on_batch = None
     if args.save_images:
-        out = Path(args.save_images)
+        folders = OutputFolders(args.save_images)
 
         def on_batch(batch, pred):
             for entry_id, index, frames in zip(batch["id"], batch["index"].tolist(), pred):
-                save_frames(frames, out / entry_folder(entry_id, index))
+                save_frames(frames, folders.folder(entry_folder(entry_id, index), f"entry {entry_id}"))
 
     metrics = SequenceMetrics(lpips=lpips, mode=args.p_mode)
     loader = make_eval_loader(dataset, args.batch_size, args.num_workers, device)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import sys
 
-from datasets.blur2vid import Blur2VidDataset
+from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
 from datasets.metadata import PARTITIONS, dataset_name
 from models.hypercut import F_FUNCS, G_FUNCS, load_hypercut
 from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_eval_args, add_runtime_args,
@@ -59,9 +59,10 @@ def evaluate(args) -> dict:
         args, hypercut_run_name(args.f_func, args.g_func, args.out_dim, args.dataset_name)))
     model = load_hypercut(args.pretrained_path, map_location=device)
     dataset = Blur2VidDataset(args.metadata_root, args.split, data_root=args.data_root, augment=None, seed=args.seed,
-                              limit=args.test_limit)
+                              limit=args.test_limit, check_files=file_check(args))
     if len(dataset.target_frames) < 6:
         raise FlagError(f"HyperCUT needs sequences of at least 6 frames, this dataset has {len(dataset.target_frames)}")
+    check_image_sizes(None, None, dataset, eval_need={"HyperCUT's f": model.f_func.min_size})
     loader = make_eval_loader(dataset, args.batch_size, args.num_workers, device)
     scores = hypercut_scores(model, loader, device, desc=f"{args.split}")
     return hit_con(scores)

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from datasets.blur2vid import Blur2VidDataset
+from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
 from datasets.metadata import dataset_name
 from datasets.transforms import AugmentConfig
 from losses import LOSS_TYPES, build_loss
@@ -52,7 +52,7 @@ from utils.distributed import cleanup_process, setup_process
 from utils.errors import FlagError
 from utils.evaluation import evaluate, make_eval_loader
 from utils.images import make_strip, save_png
-from utils.metrics import SequenceMetrics
+from utils.metrics import SequenceMetrics, min_image_size
 from utils.run import Run, blur2vid_run_name
 from utils.training import add_speed_args, denormals_flushed, fit, seed_everything
 
@@ -118,7 +118,8 @@ def build_datasets(args, num_frames: int):
         augment = AugmentConfig(crop_size=args.crop_size, affine_p=0.0, jitter_p=0.0, noise_p=0.0)
     else:
         augment = AugmentConfig(crop_size=args.crop_size)
-    common = dict(target_frames=args.target_frames, data_root=args.data_root, seed=args.seed)
+    common = dict(target_frames=args.target_frames, data_root=args.data_root, seed=args.seed,
+                  check_files=file_check(args))
     train_set = Blur2VidDataset(args.metadata_root, "train", augment=augment, limit=args.train_limit, **common)
     val_set = Blur2VidDataset(args.metadata_root, "val", augment=None, limit=args.val_limit, **common)
     if len(train_set.target_frames) != num_frames:
@@ -129,17 +130,16 @@ def build_datasets(args, num_frames: int):
 
 
 def load_frozen_hypercut(args, device, train_set, val_set):
-    """The HyperCUT of --hypercut_path, frozen, after checking that the images are large enough for f."""
-    if not args.hypercut_path:
-        return None
-    hypercut = load_hypercut(args.hypercut_path, map_location=device).requires_grad_(False)
-    need = hypercut.f_func.min_size
-    checks = [("training crops", train_set)] if args.loss_type == "hypercut" else []
-    for what, dataset in checks + [("val images", val_set)]:
-        h, w = dataset[0]["blur"].shape[-2:]
-        if min(h, w) < need:
-            raise FlagError(f"HyperCUT needs images of at least {need}x{need} pixels, but the {what} are "
-                            f"{h}x{w} (raise --crop_size or use larger images)")
+    """The HyperCUT of --hypercut_path, frozen, after checking that every image is large enough for it
+    and for the val metrics (and --crop_size for the smallest training image)."""
+    hypercut = None
+    crop_need, val_need = {}, min_image_size()
+    if args.hypercut_path:
+        hypercut = load_hypercut(args.hypercut_path, map_location=device).requires_grad_(False)
+        val_need["HyperCUT's f"] = hypercut.f_func.min_size
+        if args.loss_type == "hypercut":
+            crop_need["HyperCUT's f"] = hypercut.f_func.min_size
+    check_image_sizes(train_set, args.crop_size, val_set, crop_need=crop_need, eval_need=val_need)
     return hypercut
 
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import sys
 
-from datasets.blur2vid import Blur2VidDataset
+from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
 from datasets.metadata import dataset_name
 from datasets.transforms import AugmentConfig
 from models.convention import REFERENCE_BGR_IMAGENET
@@ -101,7 +101,8 @@ def build_datasets(args):
         augment = AugmentConfig(crop_size=args.crop_size, affine_p=0.0, jitter_p=0.0, noise_p=0.0)
     else:
         augment = AugmentConfig(crop_size=args.crop_size)
-    common = dict(target_frames=args.target_frames, data_root=args.data_root, seed=args.seed)
+    common = dict(target_frames=args.target_frames, data_root=args.data_root, seed=args.seed,
+                  check_files=file_check(args))
     train_set = Blur2VidDataset(args.metadata_root, "train", augment=augment, limit=args.train_limit, **common)
     val_set = Blur2VidDataset(args.metadata_root, "val", augment=None, limit=args.val_limit, **common)
     sequence_pairs(len(train_set.target_frames))  # fails early on sequences shorter than 6 frames
@@ -135,8 +136,8 @@ def _train(args, device, dist_info) -> dict:
     args.exp_name = args.exp_name or hypercut_run_name(args.f_func, args.g_func, args.out_dim, args.dataset_name)
     train_set, val_set = build_datasets(args)  # data and flag errors surface before the run folder exists
     model = build_model(args).to(device)
-    if args.crop_size < model.f_func.min_size:
-        raise FlagError(f"--crop_size {args.crop_size} is too small: f needs at least {model.f_func.min_size} pixels")
+    need = {"HyperCUT's f": model.f_func.min_size}
+    check_image_sizes(train_set, args.crop_size, val_set, crop_need=need, eval_need=need)
     if args.pretrained_path and not (args.resume or args.load_epoch is not None):
         load_pretrained(model, args.pretrained_path)
     run = Run(args, dist_info)

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -431,7 +432,7 @@ def test_test_script_figures_and_files(trained, data, tmp_path, capsys, mode):
     assert table["LPIPS"] == [""] * 8
 
     for e in tests:
-        folder = images / e["id"].replace("/", "_")
+        folder = images / urllib.parse.quote(e["id"], safe="")  # one folder per id: "0000/0000" -> "0000%2F0000"
         assert sorted(p.name for p in folder.iterdir()) == [f"frame_{k}.png" for k in range(1, 8)]
         for k in range(7):  # the script ran a batch of 2, this one image at a time: rounding may differ
             assert_png_matches(read_png(folder / f"frame_{k + 1}.png"), preds[e["id"]][k])

@@ -1,9 +1,11 @@
 """Device selection: `--device auto|cpu|cuda|cuda:N|mps`. Nothing else in the project names a device."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from utils.errors import FlagError
+from utils.errors import FlagError, UserError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -29,3 +31,32 @@ def resolve_device(name: str = "auto") -> torch.device:
     elif dev.type != "cpu":
         raise FlagError(f"--device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
     return dev
+
+
+# --- running out of memory ----------------------------------------------------------------------------
+
+class OutOfMemory(UserError):
+    """The device (or the host, on the CPU) ran out of memory; the message names the size and the flag."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA, MPS), or the RuntimeError the CPU allocator raises ("can't allocate
+    memory"; some builds and backends say "out of memory"). Nothing else."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error).lower()
+    return type(error) is RuntimeError and ("out of memory" in text or "can't allocate memory" in text)
+
+
+@contextlib.contextmanager
+def out_of_memory_hint(what):
+    """Turn running out of memory inside the block into one OutOfMemory line: `what()` says what was being
+    done, at which size, and which flag to lower. Every other error passes through untouched."""
+    try:
+        yield
+    except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError; anything else is re-raised as is
+        if not is_out_of_memory(e):
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise OutOfMemory(f"out of memory {what()}") from None

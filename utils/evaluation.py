@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, default_collate
 
+from utils.device import out_of_memory_hint
 from utils.distributed import DistInfo, gather_rows, unwrap
 from utils.metrics import SequenceMetrics, hit_con
 from utils.training import progress
@@ -32,6 +33,15 @@ def make_eval_loader(dataset, batch_size: int, num_workers: int, device: torch.d
                       collate_fn=collate_by_size, pin_memory=device is not None and device.type == "cuda")
 
 
+def memory_advice(doing: str, images: torch.Tensor, device) -> str:
+    """What to say when a batch of `images` (B, ..., H, W) does not fit in memory: its size and what to lower."""
+    n, (h, w) = images.shape[0], images.shape[-2:]
+    where = f"{doing} a batch of {n} image(s) of {h}x{w} (H x W) on {device}"
+    if n > 1:
+        return f"{where}: lower --batch_size"
+    return f"{where}, one image at a time already: use smaller images" + (" or --device cpu" if device.type != "cpu" else "")
+
+
 @torch.no_grad()
 def hypercut_scores(model, loader: DataLoader, device: torch.device, desc: str = "scoring",
                     dist_info: DistInfo | None = None) -> torch.Tensor:
@@ -46,7 +56,8 @@ def hypercut_scores(model, loader: DataLoader, device: torch.device, desc: str =
     with torch.random.fork_rng(devices=[]):
         for batches in progress(loader, dist_info, desc=desc, unit="batch", leave=False):
             for batch in batches:
-                _, s = model(batch["frames"].to(device, non_blocking=True))
+                with out_of_memory_hint(lambda: memory_advice("scoring", batch["frames"], device)):
+                    _, s = model(batch["frames"].to(device, non_blocking=True))
                 rows.append(batch["index"])
                 scores.append(s.float().cpu())
     model.train(was_training)
@@ -85,13 +96,14 @@ def evaluate(model, loader, device: torch.device, metrics: SequenceMetrics, hype
         with torch.random.fork_rng(devices=[]):
             for groups in progress(loader, dist_info, desc=desc, leave=False):
                 for batch in groups:
-                    blur = batch["blur"].to(device, non_blocking=True)
-                    gt = batch["frames"].to(device, non_blocking=True)
-                    pred = predict(net, blur, gt)
-                    metrics.update(pred, gt)
-                    if hypercut is not None:
-                        _, s = hypercut.pair_scores(pred.clamp(0, 1))
-                        scores.append(s.float().cpu())
+                    with out_of_memory_hint(lambda: memory_advice("evaluating", batch["blur"], device)):
+                        blur = batch["blur"].to(device, non_blocking=True)
+                        gt = batch["frames"].to(device, non_blocking=True)
+                        pred = predict(net, blur, gt)
+                        metrics.update(pred, gt)
+                        if hypercut is not None:
+                            _, s = hypercut.pair_scores(pred.clamp(0, 1))
+                            scores.append(s.float().cpu())
                     if on_batch is not None:
                         on_batch(batch, pred)
     finally:

@@ -106,6 +106,15 @@ def _ssim_radius() -> int:
     return int(_SSIM_TRUNCATE * _SSIM_SIGMA + 0.5)
 
 
+def min_image_size(lpips: bool = False) -> dict:
+    """The smallest image side each metric works on: {what: pixels}. SSIM's 11-tap window; LPIPS's AlexNet
+    (an 11x11 stride-4 convolution and two 3x3 stride-2 poolings) needs 31."""
+    need = {"SSIM": 2 * _ssim_radius() + 1}
+    if lpips:
+        need["LPIPS"] = 31
+    return need
+
+
 def _gaussian_kernel1d(radius: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     # scipy.ndimage._gaussian_kernel1d
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)

@@ -10,10 +10,11 @@ import json
 import logging
 import re
 import sys
+import time
 from pathlib import Path
 
-from utils.checkpoint import (CheckpointError, atomic_write_text, load_checkpoint, rng_state, save_checkpoint,
-                              set_rng_state, state_dict_mismatch)
+from utils.checkpoint import (CheckpointError, atomic_write_text, load_checkpoint, remove_orphan_temps, rng_state,
+                              save_checkpoint, set_rng_state, state_dict_mismatch)
 from utils.distributed import DistInfo, unwrap
 from utils.errors import RunFolderError
 
@@ -76,13 +77,18 @@ class Run:
     """The run folder of a training script (see the module docstring)."""
 
     def __init__(self, args, dist_info: DistInfo | None = None):
+        started = time.time()
         self.dist = dist_info or DistInfo()
         self.dir = Path(args.checkpoints_dir) / args.exp_name
         self.models_dir = self.dir / "models"
         self.states_dir = self.dir / "training_states"
         self.vis_dir = self.dir / "visualisations"
         resuming = args.resume or args.load_epoch is not None
+        orphans = []
         if self.dist.is_main:
+            # temporary files of saves that a killed process (SIGKILL, power loss) never finished
+            orphans = [p for d in (self.dir, self.models_dir, self.states_dir, self.vis_dir)
+                       for p in remove_orphan_temps(d, older_than=started)]
             used = any(d.exists() and any(d.iterdir()) for d in (self.states_dir, self.models_dir))
             if not resuming and used:
                 raise RunFolderError(f"{self.dir} already holds a run: pass --resume to continue it, or "
@@ -94,6 +100,9 @@ class Run:
             atomic_write_text(self.dir / name, json.dumps(vars(args), indent=2, default=str, allow_nan=False) + "\n")
         self.logger = self._make_logger()
         self._writer = None
+        if self.dist.is_main and orphans:
+            self.log(f"removed {len(orphans)} unfinished temporary file(s) of an interrupted save: "
+                     + ", ".join(p.name for p in orphans[:3]) + (", ..." if len(orphans) > 3 else ""))
 
     def _make_logger(self) -> logging.Logger:
         logger = logging.getLogger(f"run.{self.dir}")

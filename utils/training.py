@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from utils.cli import parse_decay
+from utils.device import out_of_memory_hint
 from utils.distributed import DistInfo
 from utils.errors import FlagError
 
@@ -161,6 +162,22 @@ class NonFiniteLoss(FlagError):
     """A training loss that is not finite: the run stops (the last good checkpoint is kept)."""
 
 
+class NonFiniteWeights(FlagError):
+    """Weights that stopped being finite although every loss was: nothing is saved from them."""
+
+
+def _check_weights(model, step: int, epoch: int) -> None:
+    """Before anything is saved: every floating-point weight and buffer is finite (one host sync). An
+    optimiser step can overflow the weights (a huge --lr or --weight_decay) with every loss finite, and the
+    last step of a run has no next loss to show it."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteWeights(f"the model's weights became non-finite by step {step} (epoch {epoch}; "
+                               f"{bad[0]}{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}) although every "
+                               "loss was finite; nothing was saved from them and the last saved state is kept: "
+                               "lower --lr or --weight_decay")
+
+
 # --- the one training loop --------------------------------------------------------------------------
 
 def fit(args, *, model, train_set, val_set, step_fn, validate_fn, fields: dict, run, device, dist_info,
@@ -221,7 +238,9 @@ def fit(args, *, model, train_set, val_set, step_fn, validate_fn, fields: dict, 
         net.train()
         epoch_timer, steps, stopped, names = Timer(), [], False, None
         for batch in progress(loader, dist_info, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False):
-            loss, terms = step_fn(net, batch, amp)
+            with out_of_memory_hint(lambda: f"training a batch of {args.batch_size} crops of {args.crop_size}x"
+                                            f"{args.crop_size} on {device}: lower --batch_size or --crop_size"):
+                loss, terms = step_fn(net, batch, amp)
             values = torch.stack([t.detach().float() for t in terms.values()])
             names = list(terms)
             if per_step_check and not _all_finite(values, dist_info):
@@ -236,13 +255,15 @@ def fit(args, *, model, train_set, val_set, step_fn, validate_fn, fields: dict, 
                                     f"(epoch {epoch}); the run stopped and its last saved state is kept: lower "
                                     "--lr, check the data, or pass --skip_nonfinite N to skip such batches")
             optimizer.zero_grad(set_to_none=True)
-            if amp.scaler is not None:
-                amp.scaler.scale(loss).backward()
-                amp.scaler.step(optimizer)
-                amp.scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            with out_of_memory_hint(lambda: f"training a batch of {args.batch_size} crops of {args.crop_size}x"
+                                            f"{args.crop_size} on {device}: lower --batch_size or --crop_size"):
+                if amp.scaler is not None:
+                    amp.scaler.scale(loss).backward()
+                    amp.scaler.step(optimizer)
+                    amp.scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
             step += 1
             steps.append(values)
             if step % args.train_step == 0:
@@ -269,6 +290,7 @@ def fit(args, *, model, train_set, val_set, step_fn, validate_fn, fields: dict, 
         run.log(f"epoch {epoch}/{args.epochs} | step {step} | " + " | ".join(f"{k} {v:.5f}" for k, v in means.items())
                 + f" | lr {optimizer.param_groups[0]['lr']:.3g} | {epoch_timer.elapsed():.1f} s "
                   f"(total {timer.elapsed():.1f} s)" + (f" | {skipped} batches skipped" if skipped else ""))
+        _check_weights(model, step, epoch)
         complete = not stopped or len(steps) + skipped == len(loader)
         if complete:
             scheduler.step()  # once per epoch
