@@ -17,6 +17,7 @@ sign(m . a) over directions a: 1 for an order that only looks at the motion, lik
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from models.hypercut import load_hypercut
 from utils.device import resolve_device
 from utils.probe import ProbeConfig, collect_crops, crop_agreement, half_plane_fit, run_probe
 from utils.report import markdown_table, write_json
-from utils.cli import ArgumentParser, run_main
+from utils.cli import ArgumentParser, check_flags, run_main
 from utils.errors import FlagError, UserError
 
 SOURCES = ("stored", "oracle", "hypercut")
@@ -55,7 +56,13 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def check_flags_of(args) -> None:
+    """utils.cli.check_flags, except for --crop_size, whose 0 means full images here."""
+    check_flags(argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "crop_size"}))
+
+
 def check_args(args) -> None:
+    check_flags_of(args)
     problems = []
     if args.crop_size < 0:
         problems.append(f"--crop_size must be >= 0 (got {args.crop_size})")

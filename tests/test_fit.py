@@ -64,7 +64,8 @@ def test_mixed_precision_trains_and_resumes(data, tmp_path, mode):
 def test_non_finite_loss_stops_the_run(data, tmp_path, monkeypatch, capsys):
     """A NaN at step 3 (epoch 2): one error line naming the step and the term, exit 2, and the state of
     epoch 1 is kept as the latest; --skip_nonfinite 1 skips that batch instead and finishes."""
-    real_loss = train_hypercut.hypercut_loss
+    import models.hypercut as hypercut_module
+    real_loss = hypercut_module.hypercut_loss
     calls = {"n": 0}
 
     def poisoned(scores):
@@ -74,7 +75,8 @@ def test_non_finite_loss_stops_the_run(data, tmp_path, monkeypatch, capsys):
             return total * float("nan"), diff * float("nan"), same
         return total, diff, same
 
-    monkeypatch.setattr(train_hypercut, "hypercut_loss", poisoned)
+    # the training objective looks the loss up in models.hypercut at each call; validation does not use it
+    monkeypatch.setattr(hypercut_module, "hypercut_loss", poisoned)
     err = one_line_error(capsys, train_hypercut.main, argv(data, tmp_path, "nan", "--epochs", "2"))
     assert "step 3" in err and "total" in err and "diff" in err and "same" not in err.split("step")[0]
     state = torch.load(tmp_path / "nan" / "training_states" / "latest.pth", weights_only=True)

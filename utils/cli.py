@@ -146,7 +146,7 @@ _RANGES = {
     "val_fraction": (0, False, 1.0), "test_fraction": (0, False, 1.0),
     # Purohit (train_blur2vid.py)
     "mu": (0, False, None), "embed_weight": (0, False, None), "center_weight": (0, False, None),
-    "center_width_mult": (0, True, 4.0),
+    "center_width_mult": (0, True, 4.0), "stage": (1, False, 2),
     # probe_order.py
     "train_crops": (1, False, None), "test_crops": (1, False, None), "min_motion": (0, False, None),
     "steps": (1, False, None), "subcrop_size": (1, False, None), "subcrops": (1, False, None),
