@@ -1,23 +1,30 @@
 """Give every sequence of a dataset its canonical order with a trained HyperCUT (SPEC 2 and 4).
 
-  python generate_order.py --metadata_root data/synthetic --pretrained_path checkpoints/hc/models/0100.pth \
-      --save_path data/synthetic/metadata_ordered.json
+  python generate_order.py --dataset_name syn --metadata_root data/synthetic \
+      --pretrained_path checkpoints/hc/models/0100.pth --save_path data/synthetic/metadata_ordered.json
+  python generate_order.py --metadata_root data/synthetic --pretrained_path hc.pth --save_path orders/syn.json
+  python generate_order.py --metadata_root data/synthetic --oracle --save_path data/synthetic/metadata_oracle.json
+
+--oracle (embedded dataset only) orders by the camera motion that prepare_dataset.py synthetic records
+in each entry (`motion: [dx, dy]`, frame 1 -> frame 7): `reverse` iff dx < 0. It is the ceiling of
+a learnable canonical order (datasets/ordering.py), to compare HyperCUT's order with.
 
 Every entry of every split is judged on its frames as stored on disk (full images, no augmentation;
 the entry's current `order` is ignored; entries with a `bbox` are cropped around it as at test time): with u_k = h(f(g(P_k))) for P1 = (x1, x7), P2 = (x2, x6),
 P3 = (x3, x5), the entry becomes `reverse` iff u1 < 0 and u1 u2 > 0 and u1 u3 > 0, and `ignore`
-otherwise. The output is the input metadata with only `order` changed: entries in their order, every
-other field and top-level key as it was. Running it on its own output therefore changes nothing.
+otherwise. The output is the input metadata with only `order` changed (and relative paths rebased when it is
+written to another folder): entries in their order, every other field and top-level key as it was. Running it on its own output therefore changes nothing.
 (The reference judged frames after applying the old order, and its train split after random
 augmentation; both made the result depend on the input's orders and on chance.)
 
-Relative paths in metadata.json resolve against the file's folder, and this script changes nothing but
-`order`, so --save_path must be in the same folder as the input (unless every path is absolute). It
-never writes over an existing file (the input metadata.json included) without --overwrite.
+--save_path may be anywhere: relative image paths (which resolve against the input's folder, or
+--data_root) are rewritten relative to the output's folder, so the new file reads the same images;
+absolute paths stay as they are. It never writes over an existing file (the input metadata.json
+included) without --overwrite, and the file is written to a temporary name and renamed. Without
+--pretrained_path, the latest model of the run train_hypercut.py names for the same flags is used.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -25,91 +32,99 @@ from pathlib import Path
 
 import torch
 
-from datasets.blur2vid import Blur2VidDataset
-from datasets.metadata import MetadataError, check_files, frame_key, metadata_file, parse_entries, read_metadata, \
-    with_orders, write_metadata
-from models.hypercut import load_hypercut, order_decisions
-from utils.checkpoint import CheckpointError
+from datasets.blur2vid import Blur2VidDataset, check_image_sizes
+from datasets.ordering import oracle_orders
+from datasets.metadata import (MetadataError, check_files, dataset_name, metadata_file, parse_entries, read_metadata,
+                               rebased, with_orders, write_metadata)
+from models.hypercut import F_FUNCS, G_FUNCS, load_hypercut, order_decisions
+from utils.cli import ArgumentParser, add_checkpoint_args, add_data_args, add_runtime_args, check_flags, run_main
 from utils.device import resolve_device
+from utils.errors import FlagError, RunFolderError
+from utils.evaluation import hypercut_scores, make_eval_loader
 from utils.report import markdown_table
-from utils.training import ArgumentParser, check_eval_loader_args, error_line, fail, hypercut_scores, make_eval_loader
+from utils.run import hypercut_run_name, resolve_pretrained
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--metadata_root", required=True, help="dataset root holding metadata.json (or the file itself)")
-    p.add_argument("--pretrained_path", required=True, help="our checkpoint or the reference's state dict")
+    p = ArgumentParser(description=__doc__)
+    add_data_args(p, limits=(), target_frames=False)
+    add_runtime_args(p, batch_size=8, num_workers=0)
+    add_checkpoint_args(p, "our HyperCUT checkpoint or the reference's state dict")
+    p.add_argument("--oracle", action="store_true",
+                   help="order by each entry's recorded camera motion (reverse iff dx < 0) instead of HyperCUT")
     p.add_argument("--save_path", required=True,
-                   help="output metadata file, in the dataset root (a folder means <folder>/metadata.json)")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--num_workers", type=int, default=0, help="data loader worker processes")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+                   help="output metadata file (a folder means <folder>/metadata.json)")
     p.add_argument("--overwrite", action="store_true",
                    help="allow replacing an existing --save_path, the input metadata.json included")
+    g = p.add_argument_group("HyperCUT (for the default run name)")
+    g.add_argument("--out_dim", type=int, default=128)
+    g.add_argument("--f_func", default="ResnetIm2Vec", choices=sorted(F_FUNCS))
+    g.add_argument("--g_func", default="Concat", choices=sorted(G_FUNCS))
     return p
 
 
-def _relative_paths(meta: dict, frame_per_seq: int) -> list:
-    keys = ["blur_path", "bbox"] + [frame_key(k) for k in range(1, frame_per_seq + 1)]
-    return [e[k] for e in meta["data"] for k in keys
-            if isinstance(e, dict) and isinstance(e.get(k), str) and not Path(e[k]).is_absolute()]
-
-
-def output_path(args, source: Path, meta: dict) -> Path:
-    """Where to write, after the checks that protect the input and keep relative paths valid."""
+def output_path(args, source: Path) -> Path:
+    """Where to write, after the checks that protect existing files."""
     out = Path(args.save_path)
     if out.is_dir():
         out = metadata_file(out)
     if out.exists() and out.is_dir():
-        raise ValueError(f"--save_path {out} is a folder")
+        raise FlagError(f"--save_path {out} is a folder")
     if not out.parent.is_dir():
-        raise ValueError(f"--save_path {out}: folder {out.parent} does not exist")
+        raise FlagError(f"--save_path {out}: folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise FlagError(f"--save_path {out}: folder {out.parent} is not writable")
     if out.exists() and not args.overwrite:
         if os.path.samefile(out, source):
-            raise ValueError(f"--save_path {out} is the input metadata {source}; pass --overwrite to replace it, "
-                             f"or write beside it (e.g. {source.parent / 'metadata_ordered.json'})")
-        raise ValueError(f"--save_path {out} already exists; pass --overwrite to replace it")
-    if out.parent.resolve() != source.parent.resolve():
-        rel = _relative_paths(meta, meta.get("frame_per_seq", 7))
-        if rel:
-            raise ValueError(f"--save_path {out} is outside the dataset root {source.parent}, against which the "
-                             f"metadata's relative paths (e.g. {rel[0]!r}) resolve; save it inside that folder "
-                             f"(e.g. {source.parent / out.name})")
+            raise FlagError(f"--save_path {out} is the input metadata {source}; pass --overwrite to replace it, "
+                            f"or write beside it (e.g. {source.parent / 'metadata_ordered.json'})")
+        raise FlagError(f"--save_path {out} already exists; pass --overwrite to replace it")
     return out
 
 
-def judge(args, device, meta: dict, source: Path) -> torch.Tensor:
+def judge(args, device, meta: dict, source: Path, root: Path) -> torch.Tensor:
     """Scores (N, 6) of every entry, in metadata order, on the frames as stored."""
-    entries = parse_entries(meta, source.parent, source=str(source))  # every split, metadata order
+    entries = parse_entries(meta, root, source=str(source))  # every split, metadata order
     if not entries:
         raise MetadataError(f"{source}: no entries")
-    check_files(entries, progress=True)
+    check_files(entries, progress=True, decode=not args.quick_check)
     # Judge the frames as stored: the entries' current order is not applied.
     entries = [dataclasses.replace(e, order="keep") for e in entries]
     dataset = Blur2VidDataset(None, "all", entries=entries, frame_per_seq=meta.get("frame_per_seq", 7), augment=None)
     if len(dataset.target_frames) < 6:
-        raise ValueError(f"HyperCUT needs sequences of at least 6 frames, this dataset has {len(dataset.target_frames)}")
+        raise FlagError(f"HyperCUT needs sequences of at least 6 frames, this dataset has {len(dataset.target_frames)}")
     model = load_hypercut(args.pretrained_path, map_location=device)
+    check_image_sizes(None, None, dataset, eval_need={"HyperCUT's f": model.f_func.min_size})
     loader = make_eval_loader(dataset, args.batch_size, args.num_workers, device)
     return hypercut_scores(model, loader, device, desc="ordering")
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        check_eval_loader_args(args)
-        source = metadata_file(args.metadata_root)
-        meta = read_metadata(source)
-        out = output_path(args, source, meta)  # check before the (long) scoring
+def main_body(args) -> None:
+    check_flags(args)
+    source = metadata_file(args.metadata_root)
+    meta = read_metadata(source)
+    root = Path(args.data_root) if args.data_root else source.parent
+    out = output_path(args, source)  # checked before the (long) scoring
+    if args.oracle:
+        if args.pretrained_path:
+            raise FlagError("give either --pretrained_path (HyperCUT's order) or --oracle (the recorded motion)")
+        orders = oracle_orders(meta)
+        reverse = torch.tensor([orders[i] == "reverse" for i in range(len(meta["data"]))], dtype=torch.bool)
+        consistent = torch.ones_like(reverse)
+    else:
+        args.dataset_name = dataset_name(source, args.dataset_name)
+        try:
+            args.pretrained_path = str(resolve_pretrained(
+                args, hypercut_run_name(args.f_func, args.g_func, args.out_dim, args.dataset_name)))
+        except RunFolderError as e:
+            raise RunFolderError(f"{e}; or pass --oracle to order by the recorded motion") from None
         device = resolve_device(args.device)
-        scores = judge(args, device, meta, source)
+        scores = judge(args, device, meta, source, root)
         reverse = order_decisions(scores)
         u = scores[:, 0::2]
         consistent = ((u[:, 0] * u[:, 1] > 0) & (u[:, 0] * u[:, 2] > 0))
         orders = {i: "reverse" if r else "ignore" for i, r in enumerate(reverse.tolist())}
-        write_metadata(out, with_orders(meta, orders))
-    except (MetadataError, CheckpointError, ValueError, OSError) as e:
-        fail(error_line(e))
+    write_metadata(out, rebased(with_orders(meta, orders), root, out.parent))
 
     partitions = [e["partition"] for e in meta["data"]]
     rows = []
@@ -120,7 +135,10 @@ def main(argv=None) -> int:
     print(markdown_table(["split", "sequences", "reversed", "inconsistent"], rows))
     print(f"reversed {int(reverse.sum())} of {len(reverse)} sequences; {int((~consistent).sum())} inconsistent "
           f"(signs of u1, u2, u3 not all equal; kept as stored); wrote {out}")
-    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(build_parser, main_body, argv)
 
 
 if __name__ == "__main__":

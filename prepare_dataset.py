@@ -6,26 +6,29 @@
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter
 from pathlib import Path
 
-from datasets.metadata import MetadataError, PARTITIONS, load_split, read_metadata
+from datasets.metadata import PARTITIONS, load_split, metadata_file, parse_entries, read_metadata
+from utils.cli import ArgumentParser, check_flags, run_main
 
 
-def print_summary(root) -> dict:
+def print_summary(root, check=True) -> dict:
+    """Validate a dataset (check: True decodes every image, "headers" reads the headers only) and print
+    what it holds."""
     root = Path(root)
     meta = read_metadata(root)
-    counts = Counter(e.get("partition") for e in meta["data"])
-    orders = Counter(e.get("order") for e in meta["data"])
+    # every entry's fields first (one line on the first bad one), then each split's files
+    parsed = parse_entries(meta, metadata_file(root).parent, source=str(metadata_file(root)))
+    counts = Counter(e.partition for e in parsed)
+    orders = Counter(e.order for e in parsed)
     sizes = {}
     for split in PARTITIONS:
         if counts.get(split):
-            _, entries = load_split(root, split, check=True)
-            from PIL import Image
-            with Image.open(entries[0].blur_path) as im:
-                sizes[split] = f"{im.size[1]}x{im.size[0]}"
+            _, entries = load_split(root, split, check=check, progress=True)
+            h, w = entries[0].size
+            sizes[split] = f"{h}x{w}"
     print(f"dataset {meta.get('name', '?')} at {root.resolve()}")
     print(f"  frames per sequence: {meta.get('frame_per_seq', 7)}")
     print("| split | sequences | size (HxW) |")
@@ -36,8 +39,8 @@ def print_summary(root) -> dict:
     return {"counts": dict(counts), "sizes": sizes}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="mode", required=True)
 
     syn = sub.add_parser("synthetic", help="render the embedded dataset from scikit-image's photographs")
@@ -49,6 +52,7 @@ def main(argv=None) -> int:
     syn.add_argument("--subframes", type=int, default=7, help="sub-frames per frame slot (odd, >= 5)")
     syn.add_argument("--foreground_p", type=float, default=0.4, help="share of sequences with a moving patch")
     syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--workers", type=int, default=1, help="rendering processes (the output is the same)")
     syn.add_argument("--overwrite", action="store_true", help="replace a dataset already at --out")
 
     fr = sub.add_parser("frames", help="from folders of consecutive high-frame-rate frames, one per video")
@@ -67,37 +71,47 @@ def main(argv=None) -> int:
 
     sm = sub.add_parser("summary", help="validate a dataset and print its summary")
     sm.add_argument("--out", required=True, help="dataset root")
+    sm.add_argument("--quick_check", action="store_true",
+                    help="read only the image headers instead of decoding every image in full")
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main_body(args) -> None:
+    check_flags(args)
+    if args.mode == "summary":
+        print_summary(args.out, check="headers" if args.quick_check else True)
+        return
+    from datasets.writer import DatasetWriter
+    writer = DatasetWriter(args.out, overwrite=args.overwrite)
     try:
-        if args.mode == "summary":
-            print_summary(args.out)
-            return 0
-        from datasets.writer import DatasetWriter
-        writer = DatasetWriter(args.out, overwrite=args.overwrite)
-        try:
-            if args.mode == "synthetic":
-                from datasets.synthetic import SyntheticConfig, generate
-                cfg = SyntheticConfig(size=args.size, subframes=args.subframes, seed=args.seed,
-                                      foreground_p=args.foreground_p,
-                                      counts={"train": args.num_train, "val": args.num_val, "test": args.num_test})
-                meta = generate(cfg, writer, progress=sys.stderr.isatty())
-            else:
-                from datasets import from_frames
-                cfg = from_frames.FramesConfig(window=args.window, stride=args.stride, frames=args.num_frames,
-                                               linear=not args.no_linear, val_fraction=args.val_fraction,
-                                               test_fraction=args.test_fraction, val_videos=tuple(args.val_videos),
-                                               test_videos=tuple(args.test_videos), seed=args.seed)
-                meta = from_frames.generate(args.src, cfg, writer, progress=sys.stderr.isatty())
-        except BaseException:
-            writer.abort()
-            raise
-        writer.commit(meta)
+        if args.mode == "synthetic":
+            from datasets.synthetic import SyntheticConfig, generate
+            cfg = SyntheticConfig(size=args.size, subframes=args.subframes, seed=args.seed,
+                                  foreground_p=args.foreground_p,
+                                  counts={"train": args.num_train, "val": args.num_val, "test": args.num_test})
+            meta = generate(cfg, writer, progress=sys.stderr.isatty(), workers=args.workers)
+        else:
+            from datasets import from_frames
+            cfg = from_frames.FramesConfig(window=args.window, stride=args.stride, frames=args.num_frames,
+                                           linear=not args.no_linear, val_fraction=args.val_fraction,
+                                           test_fraction=args.test_fraction, val_videos=tuple(args.val_videos),
+                                           test_videos=tuple(args.test_videos), seed=args.seed)
+            meta = from_frames.generate(args.src, cfg, writer, progress=sys.stderr.isatty())
+    except BaseException:
+        writer.abort()  # nothing half-written is left at --out
+        raise
+    writer.commit(meta)
+    try:
         print_summary(args.out)
-    except (MetadataError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted while checking the new dataset; it was written completely to "
+                                f"{args.out} (check it with: python prepare_dataset.py summary --out {args.out})") from None
+
+
+def main(argv=None) -> int:
+    return run_main(build_parser, main_body, argv,
+                    interrupted="interrupted; nothing was written to --out (run the command again)")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,27 @@
 """The whole HyperCUT pipeline on the embedded dataset, in one command.
 
-  python run_demo.py                  # about 30 min on 2 CPU cores (its stages measured one by one)
+  python run_demo.py                  # about 45 min on 2 idle CPU cores (estimated from its stages' timings)
   python run_demo.py --quick          # a tiny version of every stage, about 2 min: checks the whole path
   python run_demo.py --device cuda --num_workers 4
+  python run_demo.py --config gpu     # full-width Jin on 256x256 crops of 320x320 images (one GPU)
 
 Stages, each one of the project's scripts run as a user would (their commands are printed):
 
   1. dataset      prepare_dataset.py synthetic (skipped when --data already holds a dataset; it is
                   then validated with prepare_dataset.py summary)
-  2. hypercut     train_hypercut.py, then test_hypercut.py on the test split (hit / con)
+  2. hypercut     train_hypercut.py, then test_hypercut.py on the test split (hit / con): the paper's
+                  HyperCUT and our extension (FlowIm2Vec + crop consistency, docs/ordering.md)
   3. order        generate_order.py: DATA/metadata_hypercut_demo.json, every sequence in HyperCUT's order
-  4. deblur       train_blur2vid.py with the Jin backbone (narrow, --width_mult), twice: --loss_type naive
-                  (the baseline) and --loss_type hypercut (canonical ground truth + alpha * R)
-  5. evaluate     test_blur2vid.py for both (pPSNR / pSSIM / PSNR / SSIM per frame, hit/con of the
-                  predictions; LPIPS when its weights are on disk, otherwise --no_lpips)
-  6. inference    inference.py on four blurry test images: OUT/inference/<image>/frame_k.png
+  3b. probe       probe_order.py: can the stored, the oracle and each HyperCUT's order be read from the
+                  blur? (OUT/probe.json, OUT/probe.png)
+  4. deblur       train_blur2vid.py with the Jin backbone (narrow, --width_mult), once per entry of the
+                  config's "runs" (full demo: order_inv, the paper's baseline; naive on the stored random
+                  order; the hypercut loss with our HyperCUT, alpha 0; --quick: the paper's hypercut
+                  loss instead of naive, so that every loss path runs)
+  5. evaluate     test_blur2vid.py for each (pPSNR / pSSIM / PSNR / SSIM per frame, hit/con of the
+                  predictions; LPIPS when its weights can be had, otherwise reported as skipped); OUT/per_frame.png
+  6. inference    inference.py --gif on four blurry test images: OUT/inference/<image>/frame_k.png,
+                  frames.gif, contact.png
 
 Everything goes to --out (default runs/demo, or runs/demo_quick with --quick): checkpoints/, the JSON
 and CSV of every evaluation, inference/ and summary.md, the tables side by side. Running it again
@@ -22,7 +29,6 @@ continues: finished stages are skipped, an interrupted training resumes from its
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import shutil
@@ -31,10 +37,25 @@ import sys
 import time
 from pathlib import Path
 
+from utils.cli import ArgumentParser, check_flags, run_main
+from utils.errors import FlagError, UserError
+
 REPO = Path(__file__).resolve().parent
 
+# Our HyperCUT extension (docs/ordering.md): f reads a global motion estimate; 4 sub-crops must agree.
+EXT_HYPERCUT = ["--f_func", "FlowIm2Vec", "--crop_size", "128", "--subcrop_size", "64", "--subcrops", "4",
+                "--crop_consistency", "2.0", "--batch_size", "8", "--lr", "1e-3", "--epochs", "8",
+                "--decay_type", "step_6", "--gamma", "0.5", "--val_epoch", "4"]
+# Deblurring runs: (name, train_blur2vid.py loss flags, HyperCUT used: "paper" or "ext"): the paper's
+# baseline, plain training on the stored (random) order, and the hypercut loss with our HyperCUT's
+# readable order (alpha 0: the paper's R costs dB here, README). The paper's hypercut loss is measured
+# in the README and by experiments/order_matrix.py.
+RUNS = [("order_inv", ["--loss_type", "order_inv"], "paper"),
+        ("naive", ["--loss_type", "naive"], "paper"),
+        ("hypercut_ext", ["--loss_type", "hypercut", "--alpha", "0"], "ext")]
+
 # Full demo: the settings of the README's measured results (HyperCUT) and a narrow Jin that trains on a
-# CPU in minutes. Quick demo: the same stages on a tiny dataset.
+# CPU in minutes. Quick demo: the same stages on a tiny dataset. GPU: full-width Jin on 256x256 crops.
 SETTINGS = {
     "full": {
         "data": "data/synthetic", "out": "runs/demo",
@@ -45,6 +66,23 @@ SETTINGS = {
         "jin": ["--width_mult", "0.25", "--crop_size", "64", "--batch_size", "8", "--epochs", "12",
                 "--val_epoch", "4", "--display_step", "200"],
         "jin_epochs": 12,
+        "hypercut_ext": EXT_HYPERCUT, "hypercut_ext_epochs": 8,
+        "probe": [],
+        "runs": RUNS,
+    },
+    "gpu": {
+        "data": "data/synthetic_320", "out": "runs/demo_gpu",
+        "dataset": ["--size", "320", "--workers", "8"],
+        "hypercut": ["--crop_size", "128", "--batch_size", "8", "--lr", "5e-5", "--epochs", "24",
+                     "--decay_type", "step_12_18_22", "--gamma", "0.5", "--val_epoch", "4"],
+        "hypercut_epochs": 24,
+        "jin": ["--width_mult", "1.0", "--crop_size", "256", "--batch_size", "8", "--epochs", "40",
+                "--val_epoch", "10", "--display_step", "200"],
+        "jin_epochs": 40,
+        "hypercut_ext": EXT_HYPERCUT[:2] + ["--crop_size", "320", "--subcrop_size", "256"] + EXT_HYPERCUT[6:],
+        "hypercut_ext_epochs": 8,
+        "probe": ["--crop_size", "256"],
+        "runs": RUNS,
     },
     "quick": {
         "data": "runs/demo_quick/data", "out": "runs/demo_quick",
@@ -54,18 +92,26 @@ SETTINGS = {
         "jin": ["--width_mult", "0.125", "--crop_size", "40", "--batch_size", "4", "--epochs", "1",
                 "--val_epoch", "1", "--display_step", "0"],
         "jin_epochs": 1,
+        "hypercut_ext": ["--f_func", "FlowIm2Vec", "--crop_size", "64", "--subcrop_size", "40", "--subcrops", "2",
+                         "--crop_consistency", "1.0", "--batch_size", "4", "--lr", "1e-3", "--epochs", "1",
+                         "--val_epoch", "1"],
+        "hypercut_ext_epochs": 1,
+        "probe": ["--crop_size", "40", "--train_crops", "2", "--test_crops", "2", "--steps", "5", "10"],
+        "runs": RUNS[:1] + [("hypercut", ["--loss_type", "hypercut"], "paper")] + RUNS[2:],
     },
 }
 INFERENCE_IMAGES = 4
 
 
-class StageFailed(RuntimeError):
+class StageFailed(UserError):
     pass
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="tiny dataset and runs (a smoke test of the pipeline)")
+    p.add_argument("--config", default=None, choices=sorted(SETTINGS),
+                   help="full (default), quick (= --quick) or gpu (full-width Jin, 256x256 crops)")
     p.add_argument("--data", default=None, help="dataset root (default data/synthetic; quick: OUT/data)")
     p.add_argument("--out", default=None, help="output folder (default runs/demo; quick: runs/demo_quick)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -97,20 +143,23 @@ def train_args(run_dir: Path, epochs: int) -> list[str] | None:
     return []
 
 
-def lpips_available() -> bool:
-    from utils.metrics import alexnet_weights_path
-    return alexnet_weights_path().exists()
-
-
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def summary_markdown(hc: dict, tests: dict[str, dict], out: Path, mode: str) -> str:
+def summary_markdown(hc: dict, tests: dict[str, dict], out: Path, mode: str, hc_ext: dict | None = None,
+                     probe: dict | None = None) -> str:
     from utils.report import markdown_table
     lines = [f"# HyperCUT demo ({mode})", "", "## HyperCUT ordering, test split", ""]
     keys = ["hit", "hit_x2_x6", "hit_x3_x5", "con@2", "con@3", "num_sequences"]
-    lines.append(markdown_table(keys, [[hc[k] for k in keys]]))
+    rows = [["paper"] + [hc[k] for k in keys]] + ([["ours (FlowIm2Vec + crop consistency)"] + [hc_ext[k] for k in keys]]
+                                                 if hc_ext else [])
+    lines.append(markdown_table(["HyperCUT"] + keys, rows))
+    if probe:
+        lines += ["", "## Can the order be read from the blur? (probe_order.py; probe.png)", "",
+                  "Held-out fraction of crops whose direction a small CNN reads from the blurry crop (0.5: not at all):",
+                  "", markdown_table(["probe steps"] + probe["sources"],
+                                     [[st] + a for st, a in zip(probe["steps"], probe["agreement"])], 3)]
     lines += ["", "## Jin deblurring, test split (mean over the 7 frames)", ""]
     names = ["pPSNR", "pSSIM", "pLPIPS", "PSNR", "SSIM", "LPIPS"]
     extra = ["hit", "con@3"]
@@ -126,13 +175,16 @@ def summary_markdown(hc: dict, tests: dict[str, dict], out: Path, mode: str) -> 
     lines += ["", "pPSNR per frame (1..7):", ""]
     lines.append(markdown_table(["loss"] + [str(i + 1) for i in range(len(next(iter(tests.values()))["pPSNR"]))],
                                 [[loss] + res["pPSNR"] for loss, res in tests.items()]))
-    lines += ["", f"Files: {out}/checkpoints/, {out}/*_test.json and .csv, {out}/inference/.", ""]
+    lines += ["", f"Files: {out}/checkpoints/, {out}/*_test.json and .csv, {out}/per_frame.png, {out}/probe.png, "
+              f"{out}/inference/ (frames, GIF, contact sheet).", ""]
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    mode = "quick" if args.quick else "full"
+def main_body(args) -> int:
+    check_flags(args)
+    if args.quick and args.config not in (None, "quick"):
+        raise FlagError(f"--quick and --config {args.config} disagree: give one of them")
+    mode = "quick" if args.quick else (args.config or "full")
     cfg = SETTINGS[mode]
     data = Path(args.data or cfg["data"])
     out = Path(args.out or cfg["out"])
@@ -144,77 +196,99 @@ def main(argv=None) -> int:
     ckpts = out / "checkpoints"
     common = ["--device", args.device, "--num_workers", str(args.num_workers)]
     started = time.time()
-    try:
-        with open(out / "demo_log.txt", "a") as log:
-            # 1. dataset
-            if (data / "metadata.json").exists():
-                run_stage("dataset", "prepare_dataset.py", ["summary", "--out", data], log)
-            else:
-                run_stage("dataset", "prepare_dataset.py", ["synthetic", "--out", data] + cfg["dataset"], log)
+    with open(out / "demo_log.txt", "a") as log:
+        # 1. dataset
+        if (data / "metadata.json").exists():
+            run_stage("dataset", "prepare_dataset.py", ["summary", "--out", data], log)
+        else:
+            run_stage("dataset", "prepare_dataset.py", ["synthetic", "--out", data] + cfg["dataset"], log)
 
-            # 2. HyperCUT
-            hc_dir = ckpts / "hypercut"
-            extra = train_args(hc_dir, cfg["hypercut_epochs"])
+        # 2. HyperCUT
+        hc_dir = ckpts / "hypercut"
+        extra = train_args(hc_dir, cfg["hypercut_epochs"])
+        if extra is not None:
+            run_stage("train HyperCUT", "train_hypercut.py",
+                      ["--metadata_root", data, "--exp_name", "hypercut", "--checkpoints_dir", ckpts]
+                      + cfg["hypercut"] + common + extra, log)
+        hc_ckpt = hc_dir / "models" / f"{cfg['hypercut_epochs']:04d}.pth"
+        hc_json = out / "hypercut_test.json"
+        run_stage("test HyperCUT", "test_hypercut.py",
+                  ["--metadata_root", data, "--pretrained_path", hc_ckpt, "--output_json", hc_json] + common, log)
+
+        hc_paths = {"paper": hc_ckpt}
+        ext_dir = ckpts / "hypercut_ext"  # our extension (docs/ordering.md)
+        extra = train_args(ext_dir, cfg["hypercut_ext_epochs"])
+        if extra is not None:
+            run_stage("train HyperCUT (ours)", "train_hypercut.py",
+                      ["--metadata_root", data, "--exp_name", "hypercut_ext", "--checkpoints_dir", ckpts]
+                      + cfg["hypercut_ext"] + common + extra, log)
+        hc_paths["ext"] = ext_dir / "models" / f"{cfg['hypercut_ext_epochs']:04d}.pth"
+        run_stage("test HyperCUT (ours)", "test_hypercut.py",
+                  ["--metadata_root", data, "--pretrained_path", hc_paths["ext"], "--output_json",
+                   out / "hypercut_ext_test.json"] + common, log)
+
+        # 3. order
+        ordered = data / "metadata_hypercut_demo.json"
+        run_stage("order", "generate_order.py",
+                  ["--metadata_root", data, "--pretrained_path", hc_ckpt, "--save_path", ordered,
+                   "--overwrite", "--device", args.device], log)
+
+        # 3b. can each order be read from the blur?
+        probe_json = out / "probe.json"
+        if not probe_json.exists():
+            run_stage("probe", "probe_order.py",
+                      ["--metadata_root", data, "--hypercut_path", hc_paths["paper"], hc_paths["ext"],
+                       "--output_json", probe_json, "--device", args.device] + cfg["probe"], log)
+        from utils.figures import per_frame_plot, probe_plot
+        probe = read_json(probe_json)
+        probe_plot(probe["steps"], {src: [a[i] for a in probe["agreement"]] for i, src in enumerate(probe["sources"])},
+                   out / "probe.png", title="direction probe: held-out agreement")
+
+        # 4-5. deblurring runs and their evaluation
+        tests = {}
+        for loss, loss_flags, hc in cfg["runs"]:
+            exp = f"jin_{loss}"
+            extra = train_args(ckpts / exp, cfg["jin_epochs"])
+            hc_flag = ["--hypercut_path", hc_paths[hc]]  # other losses: only adds hit/con of the predictions
             if extra is not None:
-                run_stage("train HyperCUT", "train_hypercut.py",
-                          ["--metadata_root", data, "--exp_name", "hypercut", "--checkpoints_dir", ckpts]
-                          + cfg["hypercut"] + common + extra, log)
-            hc_ckpt = hc_dir / "models" / f"{cfg['hypercut_epochs']:04d}.pth"
-            hc_json = out / "hypercut_test.json"
-            run_stage("test HyperCUT", "test_hypercut.py",
-                      ["--metadata_root", data, "--pretrained_path", hc_ckpt, "--output_json", hc_json] + common, log)
+                run_stage(f"train Jin ({loss})", "train_blur2vid.py",
+                          ["--metadata_root", data, "--exp_name", exp, "--checkpoints_dir", ckpts,
+                           "--backbone", "Jin"] + loss_flags + hc_flag + cfg["jin"] + common + extra, log)
+            model = ckpts / exp / "models" / f"{cfg['jin_epochs']:04d}.pth"
+            result = out / f"{exp}_test.json"
+            run_stage(f"test Jin ({loss})", "test_blur2vid.py",
+                      ["--metadata_root", data, "--pretrained_path", model, "--output_json", result]
+                      + hc_flag + common, log)
+            tests[loss] = read_json(result)
+        per_frame_plot({name: res["pPSNR"] for name, res in tests.items()}, out / "per_frame.png",
+                       title="pPSNR per frame, test split")
 
-            # 3. order
-            ordered = data / "metadata_hypercut_demo.json"
-            run_stage("order", "generate_order.py",
-                      ["--metadata_root", data, "--pretrained_path", hc_ckpt, "--save_path", ordered,
-                       "--overwrite", "--device", args.device], log)
+        # 6. inference on a few blurry test images (copied, so the input folder holds only them)
+        from datasets.metadata import load_split
+        _, entries = load_split(data, "test", check=False)
+        inputs = out / "inference_input"
+        inputs.mkdir(exist_ok=True)
+        for e in entries[:INFERENCE_IMAGES]:
+            target = inputs / (e.id.replace("/", "_") + Path(e.blur_path).suffix)
+            if not target.exists():
+                shutil.copyfile(e.blur_path, target)
+        run_stage("inference", "inference.py",
+                  ["--backbone", "Jin", "--pretrained_path", ckpts / f"jin_{cfg['runs'][-1][0]}" / "models" /
+                   f"{cfg['jin_epochs']:04d}.pth", "--blur_path", inputs, "--output_path", out / "inference",
+                   "--device", args.device, "--gif"], log)
 
-            # 4-5. deblurring runs and their evaluation
-            lpips_flag = [] if lpips_available() else ["--no_lpips"]
-            tests = {}
-            for loss in ("naive", "hypercut"):
-                exp = f"jin_{loss}"
-                extra = train_args(ckpts / exp, cfg["jin_epochs"])
-                hc_flag = ["--hypercut_path", hc_ckpt]  # naive: only adds hit/con of the predictions
-                if extra is not None:
-                    run_stage(f"train Jin ({loss})", "train_blur2vid.py",
-                              ["--metadata_root", data, "--exp_name", exp, "--checkpoints_dir", ckpts,
-                               "--backbone", "Jin", "--loss_type", loss] + hc_flag + cfg["jin"] + common + extra, log)
-                model = ckpts / exp / "models" / f"{cfg['jin_epochs']:04d}.pth"
-                result = out / f"{exp}_test.json"
-                run_stage(f"test Jin ({loss})", "test_blur2vid.py",
-                          ["--metadata_root", data, "--pretrained_path", model, "--output_json", result]
-                          + hc_flag + lpips_flag + common, log)
-                tests[loss] = read_json(result)
-
-            # 6. inference on a few blurry test images (copied, so the input folder holds only them)
-            from datasets.metadata import load_split
-            _, entries = load_split(data, "test", check=False)
-            inputs = out / "inference_input"
-            inputs.mkdir(exist_ok=True)
-            for e in entries[:INFERENCE_IMAGES]:
-                target = inputs / (e.id.replace("/", "_") + Path(e.blur_path).suffix)
-                if not target.exists():
-                    shutil.copyfile(e.blur_path, target)
-            run_stage("inference", "inference.py",
-                      ["--backbone", "Jin", "--pretrained_path", ckpts / "jin_hypercut" / "models" /
-                       f"{cfg['jin_epochs']:04d}.pth", "--blur_path", inputs, "--output_path", out / "inference",
-                       "--device", args.device], log)
-
-            text = summary_markdown(read_json(hc_json), tests, out, mode)
-            from utils.checkpoint import atomic_write_text
-            atomic_write_text(out / "summary.md", text)
-            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} done in {time.time() - started:.0f} s\n")
-    except StageFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; run the same command again to continue", file=sys.stderr)
-        return 130
+        text = summary_markdown(read_json(hc_json), tests, out, mode, read_json(out / "hypercut_ext_test.json"),
+                                probe)
+        from utils.checkpoint import atomic_write_text
+        atomic_write_text(out / "summary.md", text)
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} done in {time.time() - started:.0f} s\n")
     print("\n" + text)
     print(f"demo finished in {(time.time() - started) / 60:.1f} min; summary: {out / 'summary.md'}")
     return 0
+
+
+def main(argv=None) -> int:
+    return run_main(build_parser, main_body, argv, interrupted="interrupted; run the same command again to continue")
 
 
 if __name__ == "__main__":

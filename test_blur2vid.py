@@ -1,113 +1,143 @@
 """Evaluate a deblurring backbone on a split: pPSNR, pSSIM, pLPIPS and PSNR, SSIM, LPIPS per frame (SPEC 8).
 
-  python test_blur2vid.py --metadata_root data/synthetic --pretrained_path checkpoints/jin_hc/models/0100.pth
+  python test_blur2vid.py --dataset_name syn --metadata_root data/synthetic --backbone Jin      # order_inv run
+  python test_blur2vid.py --dataset_name syn --metadata_root data/synthetic --backbone Jin \\
+      --hypercut_path hc.pth                                   # the hypercut run, plus hit/con of its predictions
   python test_blur2vid.py --metadata_root data/reds --pretrained_path weights/jin_official/ \\
       --hypercut_path hypercut_reds.pth --output_json results/jin_reds.json --save_images results/jin_reds
 
 --pretrained_path takes a checkpoint of train_blur2vid.py (it records the backbone and its width) or a
-folder holding Jin et al.'s four official files. Full images are used, whatever their size.
+folder holding Jin et al.'s four official files. Without it, the latest model (or --load_epoch's) of
+the run train_blur2vid.py names for the same flags, Blur2Vid_<backbone>_<loss_type>_2frames_<dataset_name>,
+is evaluated (or of --exp_name); --loss_type defaults to hypercut when --hypercut_path is given and to
+order_inv otherwise, which is how the reference's README pairs its commands. Full images are used,
+whatever their size.
 
 p-metrics do not depend on the direction of the predicted sequence: with --p_mode pair (the paper's
 formula) each symmetric pair (k, 8-k) takes the better of its two assignments, with --p_mode sequence
 (the reference's code) the whole sequence takes the better direction. PSNR/SSIM/LPIPS score the frames
 in the predicted order. Every figure is the mean over sequences; PSNR is capped at 100 dB per frame.
-LPIPS (AlexNet, v0.1) needs torchvision's alexnet-owt-7be5be79.pth in $TORCH_HOME/hub/checkpoints; it is
-never downloaded: without it the script stops, unless --no_lpips skips LPIPS (the table says so).
+LPIPS (AlexNet, v0.1) needs torchvision's alexnet-owt-7be5be79.pth, read from $TORCH_HOME/hub/checkpoints
+or downloaded there when the machine is online. Without it the evaluation still finishes: one warning
+line names the file, and LPIPS is reported as skipped (null in JSON); --lpips require makes that an
+error, --no_lpips skips LPIPS on purpose.
 With --hypercut_path, hit/con of the predicted sequences are reported too.
 
 Prints the tables; --output_json writes every figure (lists per frame and `<name>_mean`), with a CSV of
 the per-frame figures beside it (same name, .csv); --save_images DIR writes each prediction as
-DIR/<entry id, / replaced by _>/frame_k.png.
+DIR/<entry id>/frame_k.png, the id percent-escaped so that every entry has its own folder (00000/0000 ->
+00000%2F0000; urllib.parse.unquote gives the id back).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from datasets.blur2vid import Blur2VidDataset
-from datasets.metadata import PARTITIONS, MetadataError
+from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
+from datasets.metadata import PARTITIONS, dataset_name
+from losses import LOSS_TYPES
 from models import backbone_checkpoint_fields, backbone_names, load_backbone
 from models.hypercut import load_hypercut
-from utils.checkpoint import CheckpointError
+from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_eval_args, add_runtime_args,
+                       check_flags, run_main)
 from utils.device import resolve_device
-from utils.evaluation import evaluate
-from utils.images import save_frames
-from utils.metrics import LPIPSMetric, LPIPSWeightsError, SequenceMetrics
+from utils.errors import FlagError
+from utils.evaluation import evaluate, make_eval_loader, predict_frames
+from utils.images import OutputFolders, entry_folder, save_frames
+from utils.metrics import LPIPSMetric, LPIPSWeightsMissing, SequenceMetrics, min_image_size
 from utils.report import markdown_table, write_csv, write_json
-from utils.training import add_data_args, check_eval_loader_args, error_line, fail, make_eval_loader
+from utils.run import blur2vid_run_name, resolve_pretrained
 
 METRICS = ("pPSNR", "pSSIM", "pLPIPS", "PSNR", "SSIM", "LPIPS")
+MIDDLE_FRAME = {"predicted": "predicted", "gt": "ground truth (oracle centre)"}
 ORDERING = ("hit", "hit_x2_x6", "hit_x3_x5", "con@2", "con@3")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(p)
-    p.add_argument("--pretrained_path", required=True,
-                   help="a train_blur2vid.py checkpoint, or a folder with Jin's four official files")
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__)
+    add_data_args(p, limits=("test",))
+    add_runtime_args(p, batch_size=1, num_workers=2)
+    add_checkpoint_args(p, "a train_blur2vid.py checkpoint, or a folder with Jin's four official files")
+    add_eval_args(p, PARTITIONS)
     p.add_argument("--backbone", default=None, choices=backbone_names(),
-                   help="expected backbone (default: the checkpoint's; Jin for a folder)")
+                   help="expected backbone (default: the checkpoint's; Jin for a folder and for the run name)")
+    p.add_argument("--loss_type", default=None, choices=LOSS_TYPES,
+                   help="loss of the run to evaluate (default: hypercut with --hypercut_path, else order_inv)")
     p.add_argument("--width_mult", type=float, default=None,
                    help="width of an official-weights folder's model (default 1.0); checked against a checkpoint's")
-    p.add_argument("--split", default="test", choices=PARTITIONS)
-    p.add_argument("--batch_size", type=int, default=1)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--seed", type=int, default=42, help="seed of the draws for entries with order 'random'")
     p.add_argument("--p_mode", default="pair", choices=("pair", "sequence"))
-    p.add_argument("--no_lpips", action="store_true", help="skip LPIPS (e.g. without the AlexNet weights)")
+    p.add_argument("--middle_frame", default="predicted", choices=("predicted", "gt"),
+                   help="central frame: the backbone's own, or the ground truth's (the oracle protocol of the "
+                        "HyperCUT paper's Purohit tables; labelled 'oracle centre' in every output)")
+    p.add_argument("--lpips", default="auto", choices=("auto", "require", "off"),
+                   help="auto: LPIPS when its weights can be had, else skipped with a warning; require: "
+                        "missing weights are an error")
+    p.add_argument("--no_lpips", action="store_true", help="skip LPIPS (same as --lpips off)")
     p.add_argument("--hypercut_path", default=None, help="a HyperCUT checkpoint: adds hit/con of the predictions")
-    p.add_argument("--output_json", default=None, help="write the figures here (and a .csv beside it)")
     p.add_argument("--save_images", default=None, help="write the predicted frames under this folder")
     return p
 
 
-def entry_folder(entry_id: str, index: int) -> str:
-    """A folder name for an entry id: '/' (and '\\') become '_'; ids that would name no folder use the index."""
-    name = str(entry_id).replace("/", "_").replace("\\", "_")
-    return name if name.strip(".") else f"entry_{index:06d}"
+def make_lpips(args, device):
+    """(metric or None, status for the report). In auto mode missing weights give one warning line."""
+    if args.no_lpips or args.lpips == "off":
+        return None, "skipped (--no_lpips)"
+    try:
+        return LPIPSMetric(device), "alexnet v0.1"
+    except LPIPSWeightsMissing as e:
+        if args.lpips == "require":
+            raise
+        print(f"warning: LPIPS skipped: {e}", file=sys.stderr)
+        return None, "skipped (AlexNet weights missing)"
 
 
 def run_test(args) -> dict:
     """Evaluate and return the result dict (what --output_json holds)."""
-    check_eval_loader_args(args)
+    check_flags(args)
     device = resolve_device(args.device)
-    # LPIPS first: a missing weights file stops the run before any work is done
-    lpips = None if args.no_lpips else LPIPSMetric(device)
+    args.dataset_name = dataset_name(args.metadata_root, args.dataset_name)
+    args.loss_type = args.loss_type or ("hypercut" if args.hypercut_path else "order_inv")
+    args.pretrained_path = str(resolve_pretrained(
+        args, blur2vid_run_name(args.backbone or "Jin", args.loss_type, args.dataset_name)))
+    # LPIPS first: a required but missing weights file stops the run before any work is done
+    lpips, lpips_status = make_lpips(args, device)
     model = load_backbone(args.pretrained_path, map_location=device, name=args.backbone, width_mult=args.width_mult)
+    if getattr(model, "training_stage", None) == 1:
+        raise FlagError(f"{args.pretrained_path} is a stage-1 checkpoint (the video autoencoder, which never saw a "
+                        "blurry image): evaluate the stage-2 model trained from it")
     dataset = Blur2VidDataset(args.metadata_root, args.split, target_frames=args.target_frames,
-                              data_root=args.data_root, augment=None, seed=args.seed)
+                              data_root=args.data_root, augment=None, seed=args.seed, limit=args.test_limit,
+                              check_files=file_check(args))
     if len(dataset.target_frames) != model.num_frames:
-        raise ValueError(f"the model predicts {model.num_frames} frames, but the data gives "
-                         f"{len(dataset.target_frames)}; pick {model.num_frames} with --target_frames")
-    hypercut = None
-    if args.hypercut_path:
-        hypercut = load_hypercut(args.hypercut_path, map_location=device)
-        h, w = dataset[0]["blur"].shape[-2:]
-        if min(h, w) < hypercut.f_func.min_size:
-            raise ValueError(f"HyperCUT needs images of at least {hypercut.f_func.min_size} pixels a side, "
-                             f"the {args.split} images are {h}x{w}")
+        raise FlagError(f"the model predicts {model.num_frames} frames, but the data gives "
+                        f"{len(dataset.target_frames)}; pick {model.num_frames} with --target_frames")
+    hypercut = load_hypercut(args.hypercut_path, map_location=device) if args.hypercut_path else None
+    need = min_image_size(lpips=lpips is not None)
+    if hypercut is not None:
+        need["HyperCUT's f"] = hypercut.f_func.min_size
+    check_image_sizes(None, None, dataset, eval_need=need)  # every image, before any work
 
     on_batch = None
     if args.save_images:
-        out = Path(args.save_images)
+        folders = OutputFolders(args.save_images)
 
         def on_batch(batch, pred):
             for entry_id, index, frames in zip(batch["id"], batch["index"].tolist(), pred):
-                save_frames(frames, out / entry_folder(entry_id, index))
+                save_frames(frames, folders.folder(entry_folder(entry_id, index), f"entry {entry_id}"))
 
     metrics = SequenceMetrics(lpips=lpips, mode=args.p_mode)
     loader = make_eval_loader(dataset, args.batch_size, args.num_workers, device)
-    ordering = evaluate(model, loader, device, metrics, hypercut=hypercut, on_batch=on_batch, desc=args.split)
+    ordering = evaluate(model, loader, device, metrics, hypercut=hypercut, on_batch=on_batch, desc=args.split,
+                        predict=lambda net, blur, gt: predict_frames(net, blur, gt, args.middle_frame))
 
     result = {}
     for name in METRICS:
         result[name] = metrics.per_frame(name)
         result[f"{name}_mean"] = metrics.mean(name)
     result.update(p_mode=args.p_mode, num_sequences=metrics.num_sequences, psnr_cap_db=metrics.psnr_cap_db,
-                  lpips="skipped (--no_lpips)" if lpips is None else "alexnet v0.1",
-                  split=args.split, dataset_name=args.dataset_name, metadata_root=str(args.metadata_root),
-                  pretrained_path=str(args.pretrained_path), **backbone_checkpoint_fields(model))
+                  lpips=lpips_status, middle_frame=MIDDLE_FRAME[args.middle_frame], split=args.split, dataset_name=args.dataset_name,
+                  metadata_root=str(args.metadata_root), pretrained_path=str(args.pretrained_path),
+                  **backbone_checkpoint_fields(model))
     if ordering is not None:
         result.update({k: ordering[k] for k in ORDERING}, hypercut_path=str(args.hypercut_path))
     return result
@@ -122,13 +152,14 @@ def report(result: dict) -> str:
         return [[n] + (result[n] + [result[f"{n}_mean"]] if result[n] is not None else [None] * (t + 1))
                 for n in names]
 
+    oracle = " [oracle centre: the ground truth's central frame]" if result["middle_frame"] != "predicted" else ""
     lines = [f"{result['backbone']['name']} ({result['pretrained_path']}) on {result['dataset_name']} "
-             f"{result['split']}: {result['num_sequences']} sequences",
+             f"{result['split']}: {result['num_sequences']} sequences{oracle}",
              "", f"Order-agnostic (p_mode {result['p_mode']}):", "",
              markdown_table(headers, rows(METRICS[:3])),
              "", "In the predicted order:", "", markdown_table(headers, rows(METRICS[3:]))]
     if result["LPIPS"] is None:
-        lines += ["", "LPIPS skipped (--no_lpips)."]
+        lines += ["", f"LPIPS {result['lpips']}."]
     if "hit" in result:
         lines += ["", f"HyperCUT ordering of the predictions ({result['hypercut_path']}):", "",
                   markdown_table(ORDERING, [[result[k] for k in ORDERING]])]
@@ -142,20 +173,21 @@ def write_results(result: dict, json_path) -> tuple[Path, Path]:
     headers = ["metric"] + [f"frame_{k}" for k in range(1, t + 1)] + ["mean"]
     rows = [[n] + (result[n] + [result[f"{n}_mean"]] if result[n] is not None else [None] * (t + 1))
             for n in METRICS]
+    if result["middle_frame"] != "predicted":  # the oracle label travels with the figures
+        rows = [[f"{row[0]} (oracle centre)"] + row[1:] for row in rows]
     return json_path, write_csv(json_path.with_suffix(".csv"), headers, rows)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        result = run_test(args)
-    except (MetadataError, CheckpointError, LPIPSWeightsError, ValueError) as e:
-        fail(error_line(e))
+def main_body(args) -> None:
+    result = run_test(args)
     print(report(result))
     if args.output_json:
         json_path, csv_path = write_results(result, args.output_json)
         print(f"\nwrote {json_path} and {csv_path}")
-    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(build_parser, main_body, argv)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Evaluate a HyperCUT ordering model on a split: hit and consistency rates (SPEC 4).
 
-  python test_hypercut.py --metadata_root data/synthetic --pretrained_path checkpoints/hc/models/0100.pth
+  python test_hypercut.py --dataset_name syn --metadata_root data/synthetic --pretrained_path checkpoints/hc/models/0100.pth
   python test_hypercut.py --metadata_root data/reds --pretrained_path hypercut_reds.pth --output_json r.json
+  python test_hypercut.py --dataset_name syn --metadata_root data/synthetic      # the latest model of the default run
 
 --pretrained_path takes our checkpoints (models/NNNN.pth of train_hypercut.py, which record the model's
-config and input convention) or the authors' plain state dict (BGR/ImageNet input, slope 1.0).
+config and input convention) or the authors' plain state dict (BGR/ImageNet input, slope 1.0). Without
+it, the latest model (or --load_epoch's) of the run train_hypercut.py names for the same flags
+(HyperCUT_<f_func>_<g_func>_2frames_dim<out_dim>_<dataset_name>), or of --exp_name.
 
 The frames are evaluated as the dataset loads them: full images, no augmentation, and each entry's
 `order` applied (reverse flips the sequence; random is drawn once per entry from --seed), which is what
@@ -18,60 +21,66 @@ all three signs equal.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from datasets.blur2vid import Blur2VidDataset
-from datasets.metadata import PARTITIONS, MetadataError
-from models.hypercut import load_hypercut
-from utils.checkpoint import CheckpointError
+from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
+from datasets.metadata import PARTITIONS, dataset_name
+from models.hypercut import F_FUNCS, G_FUNCS, load_hypercut
+from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_eval_args, add_runtime_args,
+                       check_flags, run_main)
 from utils.device import resolve_device
+from utils.errors import FlagError
+from utils.evaluation import hypercut_scores, make_eval_loader
 from utils.metrics import hit_con
 from utils.report import markdown_table, write_json
-from utils.training import ArgumentParser, check_eval_loader_args, error_line, fail, hypercut_scores, make_eval_loader
+from utils.run import hypercut_run_name, resolve_pretrained
 
 FIGURES = ("hit", "hit_x2_x6", "hit_x3_x5", "con@2", "con@3", "num_sequences")
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--metadata_root", required=True, help="dataset root holding metadata.json (or the file itself)")
-    p.add_argument("--data_root", default=None, help="resolve relative paths against this folder instead")
-    p.add_argument("--pretrained_path", required=True, help="our checkpoint or the reference's state dict")
-    p.add_argument("--split", default="test", choices=PARTITIONS)
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--num_workers", type=int, default=0, help="data loader worker processes")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--seed", type=int, default=42, help="seed of the draws for entries with order 'random'")
-    p.add_argument("--output_json", default=None, help="also write the figures to this JSON file")
+    p = ArgumentParser(description=__doc__)
+    add_data_args(p, limits=("test",), target_frames=False)
+    add_runtime_args(p, batch_size=8, num_workers=0)
+    add_checkpoint_args(p, "our HyperCUT checkpoint or the reference's state dict")
+    add_eval_args(p, PARTITIONS)
+    g = p.add_argument_group("HyperCUT (for the default run name)")
+    g.add_argument("--out_dim", type=int, default=128)
+    g.add_argument("--f_func", default="ResnetIm2Vec", choices=sorted(F_FUNCS))
+    g.add_argument("--g_func", default="Concat", choices=sorted(G_FUNCS))
     return p
 
 
 def evaluate(args) -> dict:
+    check_flags(args)
     device = resolve_device(args.device)
+    args.dataset_name = dataset_name(args.metadata_root, args.dataset_name)
+    args.pretrained_path = str(resolve_pretrained(
+        args, hypercut_run_name(args.f_func, args.g_func, args.out_dim, args.dataset_name)))
     model = load_hypercut(args.pretrained_path, map_location=device)
-    dataset = Blur2VidDataset(args.metadata_root, args.split, data_root=args.data_root, augment=None, seed=args.seed)
+    dataset = Blur2VidDataset(args.metadata_root, args.split, data_root=args.data_root, augment=None, seed=args.seed,
+                              limit=args.test_limit, check_files=file_check(args))
     if len(dataset.target_frames) < 6:
-        raise ValueError(f"HyperCUT needs sequences of at least 6 frames, this dataset has {len(dataset.target_frames)}")
+        raise FlagError(f"HyperCUT needs sequences of at least 6 frames, this dataset has {len(dataset.target_frames)}")
+    check_image_sizes(None, None, dataset, eval_need={"HyperCUT's f": model.f_func.min_size})
     loader = make_eval_loader(dataset, args.batch_size, args.num_workers, device)
     scores = hypercut_scores(model, loader, device, desc=f"{args.split}")
     return hit_con(scores)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        check_eval_loader_args(args)
-        figures = evaluate(args)
-    except (MetadataError, CheckpointError, ValueError) as e:
-        fail(error_line(e))
+def main_body(args) -> None:
+    figures = evaluate(args)
     print(markdown_table(FIGURES, [[figures[k] for k in FIGURES]]))
     if args.output_json:
         result = {k: figures[k] for k in FIGURES}
-        result.update(split=args.split, metadata_root=str(args.metadata_root), pretrained_path=str(args.pretrained_path))
+        result.update(split=args.split, dataset_name=args.dataset_name, metadata_root=str(args.metadata_root),
+                      pretrained_path=str(args.pretrained_path))
         path = write_json(args.output_json, result)
         print(f"wrote {path}")
-    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(build_parser, main_body, argv)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,28 @@
 """Train a deblurring backbone (image -> 7 frames) with --loss_type naive, order_inv or hypercut (SPEC 7).
 
-  python train_blur2vid.py --metadata_root data/synthetic --exp_name jin_naive --loss_type naive
-  python train_blur2vid.py --metadata_root data/synthetic --exp_name jin_hc --loss_type hypercut \\
-      --hypercut_path checkpoints/hypercut_syn/models/0100.pth
-  python train_blur2vid.py ... --exp_name jin_hc --resume                  # continue the latest state
-  torchrun --nproc_per_node 4 train_blur2vid.py ...                       # one process per GPU (DDP)
+  python train_blur2vid.py --dataset_name syn --metadata_root data/synthetic --backbone Jin --loss_type order_inv
+  python train_blur2vid.py --dataset_name syn --metadata_root data/synthetic --backbone Jin --loss_type hypercut \\
+      --hypercut_path checkpoints/HyperCUT_ResnetIm2Vec_Concat_2frames_dim128_syn/models/0100.pth
+  python train_blur2vid.py ... --resume                                   # continue the latest state
+  torchrun --nproc_per_node 4 train_blur2vid.py ...                       # one process per device (DDP)
+
+The run goes to checkpoints/<exp_name>/, by default the reference's name
+Blur2Vid_<backbone>_<loss_type>_2frames_<dataset_name>, which test_blur2vid.py finds by itself.
 
 Jin et al.'s four networks (middle frame, N8 pair, two N9 pairs) are trained jointly with one loss, as
-HyperCUT does (Jin et al. trained them one after another). `hypercut` puts each ground-truth sequence
+HyperCUT does (Jin et al. trained them one after another).
+
+Purohit et al. trains in two stages (models/backbones/purohit.py):
+  python train_blur2vid.py --metadata_root data/synthetic --backbone Purohit --stage 1          # video autoencoder
+  python train_blur2vid.py --metadata_root data/synthetic --backbone Purohit --loss_type hypercut \\
+      --hypercut_path hc.pth --stage1_path checkpoints/Blur2Vid_Purohit_stage1_2frames_Synthetic/models/0100.pth
+Stage 1 trains the recurrent video encoder and decoder (RVE + RVD) to rebuild the sharp sequences from
+their central frame (naive loss at 4 scales + mu * flow TV). Stage 2 trains the blurred-image encoder
+(BIE) through the stage-1 decoder (frozen unless --train_decoder), optionally pulled towards the RVE's
+embedding (--embed_weight). The central frame the decoder warps is predicted by a centre network (Jin's
+middle network), trained jointly (--center_weight) or loaded from a Jin checkpoint (--center_path,
+frozen unless --train_center); --middle_frame gt uses the ground truth's instead: the oracle protocol of
+the HyperCUT paper's tables. `hypercut` puts each ground-truth sequence
 in the canonical order of a frozen HyperCUT and adds alpha * R, which pushes the predicted pairs to the
 canonical side; with another loss, --hypercut_path only adds hit/con of the predictions at validation.
 
@@ -20,31 +35,34 @@ last epoch, and training_states/ (latest.pth every epoch, NNNN.pth at validation
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
 
 import torch
 
-from datasets.blur2vid import Blur2VidDataset
-from datasets.metadata import MetadataError
+from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
+from datasets.metadata import dataset_name
 from datasets.transforms import AugmentConfig
 from losses import LOSS_TYPES, build_loss
-from models import backbone_checkpoint_fields, backbone_names, build_backbone
+from models import backbone_checkpoint_fields, backbone_names, build_backbone, float_output, load_backbone
 from models.hypercut import load_hypercut
-from utils.checkpoint import CheckpointError
-from utils.evaluation import evaluate, make_sharded_eval_loader
+from utils.checkpoint import CheckpointError, state_dict_mismatch
+from utils.cli import ArgumentParser, add_data_args, add_runtime_args, add_train_args, check_flags, run_main
+from utils.distributed import cleanup_process, setup_process
+from utils.errors import FlagError
+from utils.evaluation import evaluate, make_eval_loader
 from utils.images import make_strip, save_png
-from utils.metrics import SequenceMetrics
-from utils.training import (Run, Timer, add_common_args, add_data_args, build_optimizer, build_scheduler,
-                            denormals_flushed, error_line, fail, make_loader, plain_args, progress,
-                            restore_training_state, run_training_main, seed_everything, set_epoch,
-                            setup_process, training_payload, unwrap, validate_common_args)
+from utils.metrics import SequenceMetrics, min_image_size
+from utils.run import Run, blur2vid_run_name
+from utils.training import add_speed_args, denormals_flushed, fit, seed_everything
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(parser)
-    add_common_args(parser, epochs=100, batch_size=8, lr=5e-4, crop_size=256, val_epoch=5)
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__)
+    add_data_args(parser, limits=("train", "val"))
+    add_runtime_args(parser, batch_size=8)
+    add_train_args(parser, epochs=100, lr=5e-4, crop_size=256, val_epoch=5, display_step=500)
+    add_speed_args(parser)
     g = parser.add_argument_group("deblurring")
     g.add_argument("--backbone", default="Jin", choices=backbone_names())
     g.add_argument("--width_mult", type=float, default=1.0,
@@ -54,26 +72,45 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a HyperCUT checkpoint (ours or the authors' state dict): needed by --loss_type "
                         "hypercut; with another loss, adds hit/con of the predictions at validation")
     g.add_argument("--alpha", type=float, default=0.2, help="weight of the HyperCUT regulariser R")
-    g.add_argument("--display_step", type=int, default=500,
-                   help="write a blur | prediction | ground-truth strip every N steps (0: never)")
     g.add_argument("--p_mode", default="pair", choices=("pair", "sequence"),
                    help="pPSNR/pSSIM: the paper's per-pair formula or the reference's whole-sequence one")
+    g.add_argument("--middle_frame", default="predicted", choices=("predicted", "gt"),
+                   help="central frame of the backbone: its own prediction, or the ground truth's (an oracle)")
+    g = parser.add_argument_group("Purohit")
+    g.add_argument("--stage", type=int, default=2, choices=(1, 2),
+                   help="1: the video autoencoder (RVE + RVD) on sharp sequences; 2: the blurred-image encoder")
+    g.add_argument("--stage1_path", default=None, help="stage 2: the stage-1 checkpoint to start from")
+    g.add_argument("--train_decoder", action="store_true", help="stage 2: fine-tune the RVD too (default frozen)")
+    g.add_argument("--embed_weight", type=float, default=0.0,
+                   help="stage 2: weight of the distance between the BIE's and the RVE's embeddings")
+    g.add_argument("--center_weight", type=float, default=1.0,
+                   help="stage 2: weight of the Charbonnier term of a jointly trained centre network")
+    g.add_argument("--center_path", default=None,
+                   help="stage 2: the centre network's weights from a Jin checkpoint (or official folder); frozen")
+    g.add_argument("--train_center", action="store_true", help="stage 2: fine-tune the loaded centre network")
+    g.add_argument("--center_width_mult", type=float, default=None,
+                   help="width of the centre network (default --width_mult; 1.0 for Jin's official weights)")
+    g.add_argument("--mu", type=float, default=0.02, help="weight of the flow regulariser (total variation)")
     return parser
 
 
+PUROHIT_ONLY = ("stage1_path", "train_decoder", "embed_weight", "center_path", "train_center", "center_width_mult")
+
+
 def check_args(args) -> None:
-    validate_common_args(args)
-    problems = []
-    if not args.width_mult > 0:
-        problems.append(f"--width_mult must be > 0 (got {args.width_mult})")
-    if args.alpha < 0:
-        problems.append(f"--alpha must be >= 0 (got {args.alpha})")
-    if args.display_step < 0:
-        problems.append(f"--display_step must be >= 0 (got {args.display_step})")
+    check_flags(args)
     if args.loss_type == "hypercut" and not args.hypercut_path:
-        problems.append("--loss_type hypercut needs --hypercut_path (a trained HyperCUT checkpoint)")
-    if problems:
-        raise ValueError("; ".join(problems))
+        raise FlagError("--loss_type hypercut needs --hypercut_path (a trained HyperCUT checkpoint)")
+    if args.backbone != "Purohit":
+        given = [f"--{k}" for k in PUROHIT_ONLY if getattr(args, k) not in (None, False, 0.0)]
+        if given or args.stage != 2:
+            raise FlagError(f"{', '.join(given) or '--stage'}: Purohit options, but --backbone is {args.backbone}")
+        return
+    resuming = args.resume or args.load_epoch is not None
+    if args.stage == 1 and args.loss_type != "naive":
+        raise FlagError("--stage 1 trains an autoencoder of the stored sequences: use --loss_type naive")
+    if args.stage == 2 and not (args.stage1_path or args.pretrained_path or resuming):
+        raise FlagError("--stage 2 starts from a stage-1 checkpoint: pass --stage1_path (train it with --stage 1)")
 
 
 def build_datasets(args, num_frames: int):
@@ -81,160 +118,158 @@ def build_datasets(args, num_frames: int):
         augment = AugmentConfig(crop_size=args.crop_size, affine_p=0.0, jitter_p=0.0, noise_p=0.0)
     else:
         augment = AugmentConfig(crop_size=args.crop_size)
-    common = dict(target_frames=args.target_frames, data_root=args.data_root, seed=args.seed)
-    train_set = Blur2VidDataset(args.metadata_root, "train", augment=augment, **common)
-    val_set = Blur2VidDataset(args.metadata_root, "val", augment=None, **common)
+    common = dict(target_frames=args.target_frames, data_root=args.data_root, seed=args.seed,
+                  check_files=file_check(args))
+    train_set = Blur2VidDataset(args.metadata_root, "train", augment=augment, limit=args.train_limit, **common)
+    val_set = Blur2VidDataset(args.metadata_root, "val", augment=None, limit=args.val_limit, **common)
     if len(train_set.target_frames) != num_frames:
-        raise ValueError(f"the {args.backbone} backbone predicts {num_frames} frames, but the data gives "
-                         f"{len(train_set.target_frames)} (frames {train_set.target_frames}); pick {num_frames} "
-                         "with --target_frames")
+        raise FlagError(f"the {args.backbone} backbone predicts {num_frames} frames, but the data gives "
+                        f"{len(train_set.target_frames)} (frames {train_set.target_frames}); pick {num_frames} "
+                        "with --target_frames")
     return train_set, val_set
 
 
 def load_frozen_hypercut(args, device, train_set, val_set):
-    """The HyperCUT of --hypercut_path, frozen, after checking that the images are large enough for f."""
-    if not args.hypercut_path:
-        return None
-    hypercut = load_hypercut(args.hypercut_path, map_location=device).requires_grad_(False)
-    need = hypercut.f_func.min_size
-    checks = [("training crops", train_set)] if args.loss_type == "hypercut" else []
-    for what, dataset in checks + [("val images", val_set)]:
-        h, w = dataset[0]["blur"].shape[-2:]
-        if min(h, w) < need:
-            raise ValueError(f"HyperCUT needs images of at least {need}x{need} pixels, but the {what} are "
-                             f"{h}x{w} (raise --crop_size or use larger images)")
+    """The HyperCUT of --hypercut_path, frozen, after checking that every image is large enough for it
+    and for the val metrics (and --crop_size for the smallest training image)."""
+    hypercut = None
+    crop_need, val_need = {}, min_image_size()
+    if args.hypercut_path:
+        hypercut = load_hypercut(args.hypercut_path, map_location=device).requires_grad_(False)
+        val_need["HyperCUT's f"] = hypercut.f_func.min_size
+        if args.loss_type == "hypercut":
+            crop_need["HyperCUT's f"] = hypercut.f_func.min_size
+    check_image_sizes(train_set, args.crop_size, val_set, crop_need=crop_need, eval_need=val_need)
     return hypercut
 
 
-def validate(model, loader, device, args, hypercut, run, epoch, dist_info) -> dict:
-    """pPSNR/pSSIM/PSNR/SSIM (no LPIPS) and, with a HyperCUT, hit/con of the predictions on the val split;
-    the first batch's strip goes to visualisations/ and TensorBoard."""
-    metrics = SequenceMetrics(lpips=None, mode=args.p_mode)
-    shown = []
+def load_weights(model, path, args, flag: str) -> None:
+    """Start from a backbone's weights (our checkpoint, or an official-weights folder)."""
+    source = load_backbone(path, name=args.backbone, width_mult=args.width_mult)
+    problem = state_dict_mismatch(model.state_dict(), source.state_dict())
+    if problem:
+        raise CheckpointError(f"{flag} {path} does not fit a {args.backbone} backbone of width {args.width_mult}: "
+                              f"{problem}")
+    if flag == "--stage1_path" and source.training_stage != 1:
+        raise CheckpointError(f"--stage1_path {path} is not a stage-1 checkpoint (train one with --stage 1)")
+    model.load_state_dict(source.state_dict())
 
-    def show(batch, pred):
-        if not shown and dist_info.is_main:
-            strip = make_strip(batch["blur"], pred, batch["frames"])
-            save_png(strip, run.vis_dir / f"val_epoch{epoch:04d}.png")
-            if run.writer is not None:
-                run.writer.add_image("val/strip", strip, epoch)
-            shown.append(True)
 
-    hitcon = evaluate(model, loader, device, metrics, hypercut=hypercut, on_batch=show, desc="val",
-                      dist_info=dist_info)
-    figures = {name: metrics.mean(name) for name in ("pPSNR", "pSSIM", "PSNR", "SSIM")}
-    if hitcon is not None:
-        figures.update({k: v for k, v in hitcon.items() if k != "num_sequences"})
-    return figures
+def build_model(args, device):
+    """The backbone with its starting weights; for Purohit, only the stage's modules are trainable."""
+    kwargs = {"width_mult": args.width_mult}
+    if args.backbone == "Purohit":
+        kwargs["center_width_mult"] = args.center_width_mult
+    model = build_backbone(args.backbone, **kwargs)
+    resuming = args.resume or args.load_epoch is not None
+    if args.pretrained_path and not resuming:
+        load_weights(model, args.pretrained_path, args, "--pretrained_path")
+    if args.backbone == "Purohit":
+        from models.backbones.purohit import load_center_from_jin
+        if args.stage == 2 and args.stage1_path and not resuming and not args.pretrained_path:
+            load_weights(model, args.stage1_path, args, "--stage1_path")
+        if args.center_path and not resuming:
+            center = Path(args.center_path)
+            load_center_from_jin(model, center / "center_v3.pth" if center.is_dir() else center)
+        predicted = args.middle_frame == "predicted"
+        model.set_trainable(args.stage, train_decoder=args.train_decoder,
+                            train_center=predicted and (args.train_center or not args.center_path))
+    return model.to(device)
 
 
 def train(args) -> dict:
     """The whole run; returns {"losses": [per-step total], "terms": [per-step terms], "val": {epoch: figures}}
     of this call."""
+    check_args(args)
     device, dist_info = setup_process(args.device)
-    with denormals_flushed():
-        return _train(args, device, dist_info)
+    try:
+        with denormals_flushed():
+            return _train(args, device, dist_info)
+    finally:
+        cleanup_process()
 
 
 def _train(args, device, dist_info) -> dict:
     seed_everything(args.seed)
-    run = Run(args, dist_info)
-    model = build_backbone(args.backbone, width_mult=args.width_mult).to(device)
+    args.dataset_name = dataset_name(args.metadata_root, args.dataset_name)
+    stage1 = args.backbone == "Purohit" and args.stage == 1
+    args.exp_name = args.exp_name or blur2vid_run_name(args.backbone, "stage1" if stage1 else args.loss_type,
+                                                       args.dataset_name)
+    model = build_model(args, device)
     train_set, val_set = build_datasets(args, model.num_frames)
     if dist_info.world_size > len(val_set):
-        raise ValueError(f"the val split has {len(val_set)} sequences, fewer than the {dist_info.world_size} processes")
+        raise FlagError(f"the val split has {len(val_set)} sequences, fewer than the {dist_info.world_size} processes")
     hypercut = load_frozen_hypercut(args, device, train_set, val_set)
-    loss_fn = build_loss(args.loss_type, hypercut=hypercut, alpha=args.alpha).to(device)
+    multiscale = getattr(model, "num_scales", 1) > 1
+    options = dict(mu=args.mu, embed_weight=args.embed_weight, center_weight=args.center_weight,
+                   embed_target=model.encode_video if args.embed_weight > 0 else None) if multiscale else {}
+    loss_fn = build_loss(args.loss_type, hypercut=hypercut, alpha=args.alpha, multiscale=multiscale,
+                         **options).to(device)
+    run = Run(args, dist_info)  # after every check of the flags and the data
+    val_loader = make_eval_loader(val_set, args.batch_size, args.num_workers, device, dist_info)
+    last = {}
+
+    def forward(net, blur, gt):
+        if stage1:
+            return net(None, sharp_frames=gt)
+        return net(blur, gt[:, gt.shape[1] // 2] if args.middle_frame == "gt" else None)
+
+    def step_fn(net, batch, amp):
+        blur = batch["blur"].to(device, non_blocking=True)
+        gt = batch["frames"].to(device, non_blocking=True)
+        if args.channels_last:
+            blur = blur.contiguous(memory_format=torch.channels_last)
+        with amp():
+            out = forward(net, blur, gt)
+        last.update(blur=blur, pred=out["frames"].detach(), gt=gt)
+        return loss_fn(float_output(out), gt)
+
+    def on_display(step):
+        strip = make_strip(last["blur"], last["pred"].float(), last["gt"])
+        save_png(strip, run.vis_dir / f"train_step{step:07d}.png")
+        run.writer.add_image("train/strip", strip, step)
+
+    def validate_fn(net, epoch):
+        """pPSNR/pSSIM/PSNR/SSIM (no LPIPS) and, with a HyperCUT, hit/con of the predictions on the val
+        split, over all ranks; blur | prediction | ground truth strips go to visualisations/ and TensorBoard."""
+        metrics = SequenceMetrics(lpips=None, mode=args.p_mode)
+        seen = [0]
+
+        def show(batch, pred):
+            k = seen[0]
+            seen[0] += 1
+            wanted = k % args.img_log_freq == 0 if args.img_log_freq else k == 0
+            if wanted and dist_info.is_main:
+                strip = make_strip(batch["blur"], pred, batch["frames"])
+                save_png(strip, run.vis_dir / (f"val_epoch{epoch:04d}.png" if k == 0 else f"val_epoch{epoch:04d}_{k:04d}.png"))
+                if run.writer is not None and k == 0:
+                    run.writer.add_image("val/strip", strip, epoch)
+
+        hitcon = evaluate(net, val_loader, device, metrics, hypercut=hypercut, on_batch=show, desc="val",
+                          dist_info=dist_info, predict=lambda n, blur, gt: forward(n, blur, gt)["frames"].float())
+        figures = {name: metrics.mean(name) for name in ("pPSNR", "pSSIM", "PSNR", "SSIM")}
+        if hitcon is not None:
+            figures.update({k: v for k, v in hitcon.items() if k != "num_sequences"})
+        return figures
+
     fields = backbone_checkpoint_fields(model)
-    run.log(f"backbone {fields['backbone']}, input convention {model.input_convention}, "
-            f"{sum(p.numel() for p in model.parameters()):,} parameters; loss {args.loss_type}"
-            + (f" (alpha {args.alpha})" if args.loss_type == "hypercut" else "")
-            + (f"; HyperCUT {args.hypercut_path}" if hypercut is not None else ""))
-    optimizer = build_optimizer(model.parameters(), args)
-    scheduler = build_scheduler(optimizer, args)
-
-    start_epoch, step = 1, 0
-    state = run.resume_state(args)
-    if state is not None:
-        if state.get("backbone") != fields["backbone"]:
-            raise CheckpointError(f"the training state holds backbone {state.get('backbone')}, but the flags "
-                                  f"ask for {fields['backbone']}")
-        start_epoch, step = restore_training_state(state, model, optimizer, scheduler)
-        run.log(f"resumed from epoch {start_epoch - 1} (step {step})")
-
-    if dist_info.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    train_loader = make_loader(train_set, args.batch_size, train=True, num_workers=args.num_workers,
-                               seed=args.seed, dist_info=dist_info, device=device)
-    val_loader = make_sharded_eval_loader(val_set, args.batch_size, args.num_workers, device, dist_info)
-    run.log(f"train {len(train_set)} sequences ({len(train_loader)} steps/epoch), val {len(val_set)}; "
-            f"device {device}, epochs {start_epoch}..{args.epochs}")
-
-    history = {"losses": [], "terms": [], "val": {}}
-    timer = Timer()
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, args.epochs + 1):
-        set_epoch(train_loader, epoch)
-        model.train()
-        loss_fn.train()
-        sums, count, epoch_timer, stopped = None, 0, Timer(), False
-        for batch in progress(train_loader, dist_info, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False):
-            blur = batch["blur"].to(device, non_blocking=True)
-            gt = batch["frames"].to(device, non_blocking=True)
-            pred = model(blur)
-            total, terms = loss_fn(pred, gt)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            step += 1
-
-            values = torch.stack([v.detach().double() for v in terms.values()]).cpu()  # one device sync
-            sums = values if sums is None else sums + values
-            count += 1
-            named = dict(zip(terms, values.tolist()))
-            history["losses"].append(named["total"])
-            history["terms"].append(named)
-            run.scalars({**{f"train/{k}": v for k, v in named.items()},
-                         "train/lr": optimizer.param_groups[0]["lr"]}, step)
-            if args.display_step and step % args.display_step == 0 and dist_info.is_main:
-                strip = make_strip(blur, pred, gt)
-                save_png(strip, run.vis_dir / f"train_step{step:07d}.png")
-                run.writer.add_image("train/strip", strip, step)
-            if args.max_steps is not None and step >= args.max_steps:
-                stopped = True
-                break
-        means = dict(zip(terms, (sums / max(count, 1)).tolist())) if count else {}
-        run.log(f"epoch {epoch}/{args.epochs} | step {step} | "
-                + " | ".join(f"{k} {v:.5f}" for k, v in means.items())
-                + f" | lr {optimizer.param_groups[0]['lr']:.3g} | {epoch_timer.elapsed():.1f} s "
-                  f"(total {timer.elapsed():.1f} s)")
-        if not stopped:
-            scheduler.step()  # once per epoch
-
-        last = stopped or epoch == args.epochs
-        if epoch % args.val_epoch == 0 or last:
-            figures = validate(model, val_loader, device, args, hypercut, run, epoch, dist_info)
-            history["val"][epoch] = figures
-            run.scalars({f"val/{k}": v for k, v in figures.items()}, step)
-            run.log(f"val epoch {epoch} | " + " | ".join(f"{k} {v:.4f}" for k, v in figures.items()))
-            path = run.save_model(epoch, {"model": unwrap(model).state_dict(), "epoch": epoch, "step": step,
-                                          "args": plain_args(args), **fields})
-            if path is not None:
-                run.log(f"saved {path}")
-        if stopped:
-            # A state saved in the middle of an epoch could not resume exactly: keep the last full epoch's.
-            run.log(f"stopped after --max_steps {args.max_steps} steps (no training state saved for this partial epoch)")
-            break
-        run.save_state(epoch, training_payload(model, optimizer, scheduler, epoch, step, args, fields),
-                       numbered=epoch % args.val_epoch == 0 or last)
-    run.log(f"done: epoch {epoch}, step {step}, {timer.elapsed():.1f} s")
-    run.close()
-    return history
+    if args.backbone == "Purohit":
+        fields["stage"] = args.stage
+    return fit(args, model=model, train_set=train_set, val_set=val_set, step_fn=step_fn, validate_fn=validate_fn,
+               fields=fields, run=run, device=device, dist_info=dist_info, on_display=on_display,
+               log_model=f"backbone {fields['backbone']}, input convention {model.input_convention}, "
+                         f"{sum(p.numel() for p in model.parameters()):,} parameters "
+                         f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} trained); loss "
+                         f"{'naive (stage 1 autoencoder)' if stage1 else args.loss_type}"
+                         + (f" (alpha {args.alpha})" if args.loss_type == "hypercut" else "")
+                         + (f"; HyperCUT {args.hypercut_path}" if hypercut is not None else "")
+                         + (f"; stage {args.stage}" if args.backbone == "Purohit" else "")
+                         + ("; central frame: ground truth (oracle)" if args.middle_frame == "gt" else ""))
 
 
 def main(argv=None) -> int:
-    return run_training_main(build_parser, check_args, train, argv)
+    return run_main(build_parser, train, argv,
+                    interrupted="interrupted; continue with --resume (from the last finished epoch)")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import torch
 
 from datasets.synthetic import linear_light_mean
 from datasets.transforms import ImageReadError, read_image
+from utils.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -25,21 +26,21 @@ def list_videos(src) -> dict:
     """{video name: sorted frame paths} for every sub-folder of src holding images."""
     src = Path(src)
     if not src.is_dir():
-        raise FileNotFoundError(f"--src {src} is not a folder of video folders")
+        raise UserError(f"--src {src} is not a folder of video folders")
     videos = {}
     for folder in sorted(p for p in src.iterdir() if p.is_dir()):
         frames = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
         if frames:
             videos[folder.name] = frames
     if not videos:
-        raise FileNotFoundError(f"--src {src} holds no sub-folders with images (expected one folder per video)")
+        raise UserError(f"--src {src} holds no sub-folders with images (expected one folder per video)")
     return videos
 
 
 def sharp_indices(window: int, frames: int) -> list:
     """Index of the centre frame of each of `frames` equal slots of a window of `window` frames."""
     if window < frames:
-        raise ValueError(f"--window {window} must be at least the number of sharp frames ({frames})")
+        raise UserError(f"--window {window} must be at least the number of sharp frames ({frames})")
     return [min(window - 1, int(((k + 0.5) * window) / frames)) for k in range(frames)]
 
 
@@ -62,11 +63,11 @@ def assign_splits(names: list, cfg: FramesConfig) -> dict:
     named = {n: "val" for n in cfg.val_videos}
     for n in cfg.test_videos:
         if named.get(n) == "val":
-            raise ValueError(f"video {n} is named for both val and test")
+            raise UserError(f"video {n} is named for both val and test")
         named[n] = "test"
     unknown = sorted(set(named) - set(names))
     if unknown:
-        raise ValueError(f"videos not found under --src: {', '.join(unknown)}")
+        raise UserError(f"videos not found under --src: {', '.join(unknown)}")
     rest = [n for n in names if n not in named]
     random.Random(cfg.seed).shuffle(rest)
     n_val = round(len(rest) * cfg.val_fraction) if not cfg.val_videos else 0
@@ -89,15 +90,18 @@ def generate(src, cfg: FramesConfig, writer, progress: bool = True) -> dict:
     jobs = [(name, start) for name, paths in videos.items()
             for start in range(0, len(paths) - cfg.window + 1, stride)]
     if not jobs:
-        raise ValueError(f"no video under {src} has {cfg.window} frames (--window)")
+        raise UserError(f"no video under {src} has {cfg.window} frames (--window)")
     for v, (name, start) in enumerate(tqdm(jobs, desc="windows", unit="seq", disable=not progress)):
         paths = videos[name][start:start + cfg.window]
         try:
-            imgs = torch.stack([read_image(p) for p in paths])
+            frames = [read_image(p) for p in paths]
         except ImageReadError as e:
-            raise ValueError(f"video {name}: {e}") from None
-        except RuntimeError as e:  # stack of different sizes
-            raise ValueError(f"video {name}: frames {paths[0].name}..{paths[-1].name} differ in size: {e}") from None
+            raise UserError(f"video {name}: {e}") from None
+        odd = next((p for p, f in zip(paths, frames) if f.shape != frames[0].shape), None)
+        if odd is not None:
+            raise UserError(f"video {name}: frame {odd.name} is not the size of {paths[0].name}; "
+                            "all frames of a video must have one size")
+        imgs = torch.stack(frames)
         blur = linear_light_mean(imgs, 0) if cfg.linear else imgs.mean(0)
         folder = f"{list(videos).index(name):03d}_{_safe(name)}"
         stem = f"{start:06d}"

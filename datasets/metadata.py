@@ -7,6 +7,7 @@ starts, as one MetadataError line naming the entry id and the path.
 from __future__ import annotations
 
 import copy
+import os
 import io
 import json
 import pickle
@@ -16,14 +17,16 @@ from typing import Iterable, Sequence
 
 from PIL import Image
 
+from datasets.transforms import ImageReadError, decode_image_file
 from utils.checkpoint import atomic_write_text
+from utils.errors import UserError
 
 ORDERS = ("ignore", "keep", "reverse", "random")
 PARTITIONS = ("train", "val", "test")
 METADATA_NAME = "metadata.json"
 
 
-class MetadataError(ValueError):
+class MetadataError(UserError):
     """A problem in a dataset's metadata or files; the message names the entry and the path."""
 
 
@@ -36,6 +39,7 @@ class Entry:
     frame_paths: list  # resolved paths of frames 1..frame_per_seq, as stored
     bbox: object = None  # None, an inline [x0, y0, x1, y1(, score)] list, or a resolved Path to a pickle
     raw: dict = field(default_factory=dict, repr=False)
+    size: tuple | None = None  # (H, W) of its images, set by check_files
 
 
 def frame_key(k: int) -> str:
@@ -65,6 +69,16 @@ def read_metadata(path) -> dict:
     if not isinstance(fps, int) or isinstance(fps, bool) or fps < 1:
         raise MetadataError(f"{path}: 'frame_per_seq' must be a positive integer, got {fps!r}")
     return meta
+
+
+def dataset_name(metadata_root, given: str | None = None) -> str:
+    """The dataset's name for run names and reports: `given` (--dataset_name), else the metadata's
+    "name", else the dataset folder's name."""
+    if given:
+        return given
+    path = metadata_file(metadata_root)
+    name = read_metadata(path).get("name")
+    return str(name) if isinstance(name, str) and name.strip() else path.parent.resolve().name
 
 
 def write_metadata(path, meta: dict) -> None:
@@ -99,11 +113,15 @@ def parse_entries(meta: dict, root, target_frames: Sequence[int] | None = None,
     fps = meta.get("frame_per_seq", 7)
     resolve_target_frames(target_frames, fps)  # range check only; datasets pick the frames
     wanted = set(splits) if splits is not None else None
-    out = []
+    out, seen = [], {}
     for i, raw in enumerate(meta["data"]):
         if not isinstance(raw, dict):
             raise MetadataError(f"{source}: entry #{i} is not an object")
         eid = _entry_id(raw, i)
+        if eid in seen:  # outputs are named by id (test_blur2vid.py --save_images): ids must be unique
+            raise MetadataError(f"{source}: entry id {eid!r} is used by entries #{seen[eid]} and #{i}; "
+                                "every entry needs its own id")
+        seen[eid] = i
         part = raw.get("partition")
         if part not in PARTITIONS:
             raise MetadataError(f"{source}: entry {eid}: partition {part!r} is not one of {', '.join(PARTITIONS)}")
@@ -134,7 +152,14 @@ def parse_entries(meta: dict, root, target_frames: Sequence[int] | None = None,
     return out
 
 
-def _image_size(path: Path, eid: str):
+def _image_size(path: Path, eid: str, decode: bool) -> tuple:
+    """(W, H) of an image: decoded in full (catches truncated and corrupt files), or from its header only."""
+    if decode:
+        try:
+            img, _ = decode_image_file(path)
+        except ImageReadError as e:
+            raise MetadataError(f"entry {eid}: {e}") from None
+        return int(img.shape[2]), int(img.shape[1])
     try:
         with Image.open(path) as im:
             return im.size  # (W, H), read from the header only
@@ -144,33 +169,69 @@ def _image_size(path: Path, eid: str):
         raise MetadataError(f"entry {eid}: cannot read image {path}: {e}") from None
 
 
-def check_files(entries: Sequence[Entry], progress: bool = False) -> None:
-    """Every file exists, is an image, and all frames of a sequence have the blurry image's size."""
-    iterator = entries
+def _check_entry(e: Entry, decode: bool) -> tuple:
+    """Check one entry's files; returns its image size (H, W)."""
+    if not e.blur_path.is_file():
+        raise MetadataError(f"entry {e.id}: file not found: {e.blur_path}")
+    size = _image_size(e.blur_path, e.id, decode)
+    for p in e.frame_paths:
+        if not p.is_file():
+            raise MetadataError(f"entry {e.id}: file not found: {p}")
+        s = _image_size(p, e.id, decode)
+        if s != size:
+            raise MetadataError(f"entry {e.id}: frame {p} is {s[0]}x{s[1]} but the blurry image "
+                                f"{e.blur_path} is {size[0]}x{size[1]} (W x H); all must match")
+    if isinstance(e.bbox, Path):
+        read_bbox(e.bbox, e.id)
+    return size[1], size[0]
+
+
+def check_workers() -> int:
+    """Threads for check_files: torchvision's decoders run without the GIL, so threads use the free cores."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def check_files(entries: Sequence[Entry], progress: bool = False, decode: bool = True,
+                workers: int | None = None) -> None:
+    """Every file exists, is an image, and all frames of a sequence have the blurry image's size; each
+    entry's size (H, W) is recorded in entry.size. decode=True decodes every image in full (a truncated
+    or corrupt file is found here, not in the middle of an epoch); False reads the headers only
+    (--quick_check). The first problem in entry order is raised as one MetadataError."""
+    workers = workers or check_workers()
+    bar = None
     if progress:
         from tqdm import tqdm
-        iterator = tqdm(entries, desc="checking files", unit="seq", leave=False, disable=None)
-    for e in iterator:
-        if not e.blur_path.is_file():
-            raise MetadataError(f"entry {e.id}: file not found: {e.blur_path}")
-        size = _image_size(e.blur_path, e.id)
-        for p in e.frame_paths:
-            if not p.is_file():
-                raise MetadataError(f"entry {e.id}: file not found: {p}")
-            s = _image_size(p, e.id)
-            if s != size:
-                raise MetadataError(f"entry {e.id}: frame {p} is {s[0]}x{s[1]} but the blurry image "
-                                    f"{e.blur_path} is {size[0]}x{size[1]} (W x H); all must match")
-        if isinstance(e.bbox, Path):
-            read_bbox(e.bbox, e.id)
+        bar = tqdm(total=len(entries), desc="checking images" if decode else "checking image headers",
+                   unit="seq", leave=False, disable=None)
+    try:
+        if workers == 1:
+            for e in entries:
+                e.size = _check_entry(e, decode)
+                bar is not None and bar.update()
+            return
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(workers, thread_name_prefix="check") as pool:
+            futures = [pool.submit(_check_entry, e, decode) for e in entries]
+            try:
+                for e, f in zip(entries, futures):
+                    e.size = f.result()
+                    bar is not None and bar.update()
+            except BaseException:  # the first problem (or Ctrl-C): drop the queued work and stop
+                for f in futures:
+                    f.cancel()
+                raise
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def load_split(metadata_root, split: str, target_frames: Sequence[int] | None = None,
-               data_root=None, check: bool = True, progress: bool = False):
+               data_root=None, check: bool | str = True, progress: bool = False, limit: int | None = None):
     """Read metadata.json and return (meta, entries of `split`), validated.
 
     metadata_root: the dataset root (or the metadata.json path). data_root overrides the folder
-    relative paths resolve against.
+    relative paths resolve against. limit: keep the split's first `limit` entries (--<split>_limit).
+    check: True decodes every image of the split in full, "headers" reads the headers only, False nothing.
     """
     if split not in PARTITIONS:
         raise MetadataError(f"unknown split {split!r}: use one of {', '.join(PARTITIONS)}")
@@ -180,8 +241,10 @@ def load_split(metadata_root, split: str, target_frames: Sequence[int] | None = 
     entries = parse_entries(meta, root, target_frames, splits=[split], source=str(path))
     if not entries:
         raise MetadataError(f"{path}: the '{split}' split is empty")
+    if limit is not None:
+        entries = entries[:limit]
     if check:
-        check_files(entries, progress=progress)
+        check_files(entries, progress=progress, decode=check != "headers")
     return meta, entries
 
 
@@ -247,4 +310,21 @@ def with_orders(meta: dict, orders: dict) -> dict:
         if order not in ORDERS:
             raise ValueError(f"order {order!r} is not one of {ORDERS}")
         out["data"][i]["order"] = order
+    return out
+
+
+def rebased(meta: dict, from_dir, to_dir) -> dict:
+    """A copy of meta whose relative file paths (blur_path, frameNNN_path, a bbox path), which resolve
+    against from_dir, resolve against to_dir instead: written relative to to_dir. Absolute paths and
+    every other field stay as they are; nothing changes when both folders are the same."""
+    out = copy.deepcopy(meta)
+    src, dst = Path(from_dir).resolve(), Path(to_dir).resolve()
+    if src == dst:
+        return out
+    keys = ["blur_path", "bbox"] + [frame_key(k) for k in range(1, out.get("frame_per_seq", 7) + 1)]
+    for entry in out["data"]:
+        for k in keys:
+            value = entry.get(k) if isinstance(entry, dict) else None
+            if isinstance(value, str) and not Path(value).is_absolute():
+                entry[k] = Path(os.path.relpath(src / value, dst)).as_posix()
     return out

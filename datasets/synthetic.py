@@ -4,7 +4,9 @@ Each sequence moves a crop window along a smooth random trajectory (translation 
 curvature, rotation and zoom) over a photograph, sometimes with a foreground patch that moves on its
 own. The exposure is split into T frame slots with `subframes` sub-frames each; the blurry image is
 the mean of all sub-frames in linear light (sRGB curve undone, averaged, re-applied) and sharp frame
-k is the sub-frame at the centre of slot k. Splits are by photograph, so no photo is in two splits.
+k is the sub-frame at the centre of slot k. Each entry records the camera's `motion` [dx, dy]: the
+image displacement (pixels) of the content at the centre from frame 1 to frame N, foreground ignored
+(the oracle order of generate_order.py --oracle is based on it). Splits are by photograph, so no photo is in two splits.
 Everything is drawn from (seed, split, index): deterministic for a seed, whatever the counts.
 """
 from __future__ import annotations
@@ -15,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
+
+from utils.errors import FlagError
 
 # scikit-image colour photographs that ship inside the package (no download).
 DEFAULT_SPLITS = {
@@ -30,12 +34,12 @@ def load_photo(name: str) -> torch.Tensor:
 
     loader = getattr(skimage.data, name, None)
     if loader is None:
-        raise ValueError(f"scikit-image has no bundled image named {name!r}")
+        raise FlagError(f"scikit-image has no bundled image named {name!r}")
     img = loader()
     if isinstance(img, tuple):  # stereo_motorcycle returns (left, right, disparity): take the left view
         img = img[0]
     if img.ndim != 3 or img.shape[2] < 3:
-        raise ValueError(f"scikit-image image {name!r} is not a colour photograph")
+        raise FlagError(f"scikit-image image {name!r} is not a colour photograph")
     return torch.from_numpy(img[..., :3].copy()).permute(2, 0, 1).float().div(255.0)
 
 
@@ -70,14 +74,14 @@ class SyntheticConfig:
 
     def __post_init__(self):
         if self.subframes < 5 or self.subframes % 2 == 0:
-            raise ValueError(f"subframes per slot must be odd and >= 5, got {self.subframes}")
+            raise FlagError(f"subframes per slot must be odd and >= 5, got {self.subframes}")
         if self.size < 32:
-            raise ValueError(f"size must be at least 32, got {self.size}")
+            raise FlagError(f"size must be at least 32, got {self.size}")
         if self.frames < 2:
-            raise ValueError("frames must be at least 2")
+            raise FlagError("frames must be at least 2")
         photos = [p for names in self.splits.values() for p in names]
         if len(photos) != len(set(photos)):
-            raise ValueError("a photograph appears in two splits")
+            raise FlagError("a photograph appears in two splits")
 
 
 def _seed(*parts) -> int:
@@ -161,32 +165,61 @@ def render_sequence(photo: torch.Tensor, cfg: SyntheticConfig, gen: torch.Genera
 
     frames = frames.clamp(0, 1)
     centre_idx = torch.arange(cfg.frames) * cfg.subframes + cfg.subframes // 2
-    return {"subframes": frames, "sharp": frames[centre_idx], "blur": linear_light_mean(frames, 0)}
+    first, last = centre_idx[0].item(), centre_idx[-1].item()
+    # The camera's motion as seen in the image: where the photo point at the centre of frame 1 is in
+    # frame N (output pixels; x right, y down). Content moves against the window: rot_N^-1 (off_1 - off_N).
+    motion = torch.linalg.solve(rot[last], offset[first] - offset[last])
+    return {"subframes": frames, "sharp": frames[centre_idx], "blur": linear_light_mean(frames, 0),
+            "motion": motion}
 
 
-def generate(cfg: SyntheticConfig, writer, progress: bool = True) -> dict:
-    """Render every split into a DatasetWriter. Returns the metadata dict (without "data")."""
+_PHOTOS: dict = {}
+
+
+def _render_job(job):
+    """(split, i, photo name, cfg) -> uint8 blur, uint8 sharp frames and the motion of one sequence.
+    Photos are prepared once per process."""
+    split, i, name, cfg = job
+    key = (name, cfg.size)
+    if key not in _PHOTOS:
+        _PHOTOS[key] = prepare_photo(load_photo(name), cfg.size)
+    from datasets.transforms import to_uint8
+    gen = torch.Generator().manual_seed(_seed(cfg.seed, split, i))
+    out = render_sequence(_PHOTOS[key], cfg, gen)
+    return to_uint8(out["blur"]), torch.stack([to_uint8(f) for f in out["sharp"]]), out["motion"].tolist()
+
+
+def _init_worker():
+    torch.set_num_threads(1)
+
+
+def generate(cfg: SyntheticConfig, writer, progress: bool = True, workers: int = 1) -> dict:
+    """Render every split into a DatasetWriter (in `workers` processes; the output does not depend on
+    their number). Returns the metadata dict (without "data")."""
     from tqdm import tqdm
 
-    total = sum(cfg.counts.get(s, 0) for s in ("train", "val", "test"))
-    bar = tqdm(total=total, desc="rendering", unit="seq", disable=not progress)
-    seq = 0
+    jobs = []
     for split in ("train", "val", "test"):
         names = cfg.splits[split]
         count = cfg.counts.get(split, 0)
         if count and not names:
-            raise ValueError(f"split {split} has {count} sequences but no photographs")
-        photos = {name: prepare_photo(load_photo(name), cfg.size) for name in names} if count else {}
-        for i in range(count):
-            name = names[i % len(names)]
-            gen = torch.Generator().manual_seed(_seed(cfg.seed, split, i))
-            out = render_sequence(photos[name], cfg, gen)
+            raise FlagError(f"split {split} has {count} sequences but no photographs")
+        jobs += [(split, i, names[i % len(names)] if names else None, cfg) for i in range(count)]
+    if workers > 1:
+        import multiprocessing
+        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
+        results = pool.imap(_render_job, jobs, chunksize=4)
+    else:
+        pool, results = None, map(_render_job, jobs)
+    try:
+        for seq, ((split, _, name, _), (blur, sharp, motion)) in enumerate(
+                zip(jobs, tqdm(results, total=len(jobs), desc="rendering", unit="seq", disable=not progress))):
             folder = f"{seq:06d}"
-            writer.add_sequence(f"{folder}/0000", split, folder, out["blur"], out["sharp"],
-                                extra={"source": name})
-            seq += 1
-            bar.update(1)
-    bar.close()
+            writer.add_sequence(f"{folder}/0000", split, folder, blur, sharp,
+                                extra={"source": name, "motion": [round(v, 3) for v in motion]})
+    finally:
+        if pool is not None:
+            pool.terminate()
     return {"name": "Synthetic", "frame_per_seq": cfg.frames,
             "generator": {"kind": "synthetic", "seed": cfg.seed, "size": cfg.size,
                           "subframes_per_frame": cfg.subframes, "splits": {k: list(v) for k, v in cfg.splits.items()}}}

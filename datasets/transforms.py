@@ -19,9 +19,11 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from utils.errors import UserError
 
-class ImageReadError(ValueError):
-    pass
+
+class ImageReadError(UserError):
+    """An image file that cannot be decoded; the message names the file."""
 
 
 def decode_image_file(path) -> tuple:
@@ -55,9 +57,11 @@ def _decode_with_pil(path, tv_error) -> torch.Tensor:
                 return torch.from_numpy(a)[None].expand(3, -1, -1).contiguous()
             a = np.asarray(im.convert("RGB"))
     except FileNotFoundError:
-        raise ImageReadError(f"cannot decode image {path}: file not found") from None
-    except Exception:
-        raise ImageReadError(f"cannot decode image {path}: {tv_error}") from None
+        raise ImageReadError(f"cannot read image {path}: file not found") from None
+    except Exception as pil_error:  # Pillow's reason ("image file is truncated", ...) reads better than
+        # torchvision's, which starts with a C++ source location
+        reason = " ".join(str(pil_error).split()) or " ".join(str(tv_error).split()) or type(pil_error).__name__
+        raise ImageReadError(f"cannot read image {path}: {reason}") from None
     return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous()
 
 

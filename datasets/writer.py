@@ -15,20 +15,23 @@ from torchvision.io import write_png
 
 from datasets.metadata import METADATA_NAME, write_metadata
 from datasets.transforms import to_uint8
+from utils.cli import interrupts_deferred, output_problem
+from utils.errors import UserError
 
 
 class DatasetWriter:
     def __init__(self, out, overwrite: bool = False):
         self.out = Path(out).resolve()
         if (self.out / METADATA_NAME).exists() and not overwrite:
-            raise FileExistsError(f"{self.out} already holds a dataset ({METADATA_NAME}); "
+            raise UserError(f"{self.out} already holds a dataset ({METADATA_NAME}); "
                                   "pass --overwrite to replace it, or choose another --out")
-        if self.out.exists() and not self.out.is_dir():
-            raise NotADirectoryError(f"--out {self.out} exists and is not a folder")
+        problem = output_problem(self.out, folder=True)
+        if problem:
+            raise UserError(f"--out {problem}")
         # commit() replaces folders of the same name as the ones it writes: never do that to a folder
         # of someone else's files unless asked to.
         if not overwrite and self.out.is_dir() and any(p.name != ".incomplete" for p in self.out.iterdir()):
-            raise FileExistsError(f"{self.out} is not empty and holds no dataset ({METADATA_NAME}); choose an "
+            raise UserError(f"{self.out} is not empty and holds no dataset ({METADATA_NAME}); choose an "
                                   "empty or new --out, or pass --overwrite to write into it anyway")
         self.overwrite = overwrite
         self.stage = self.out / ".incomplete"
@@ -63,7 +66,12 @@ class DatasetWriter:
         return entry
 
     def commit(self, meta: dict) -> Path:
-        """Move the staged files into OUT and write metadata.json last."""
+        """Move the staged files into OUT and write metadata.json last. A Ctrl-C meanwhile is held until the
+        dataset is complete (a few renames), then raised."""
+        with interrupts_deferred(f"interrupted; the dataset at {self.out} was completed first"):
+            return self._commit(meta)
+
+    def _commit(self, meta: dict) -> Path:
         meta = dict(meta)
         meta["data"] = self.entries
         old_meta = self.out / METADATA_NAME

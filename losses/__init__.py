@@ -1,21 +1,41 @@
 """Losses for the deblurring network (`--loss_type`, SPEC 7).
 
-Every loss module is called as loss(pred, gt) on (B, N, C, H, W) RGB [0, 1] sequences and returns
-(total, dict of detached terms for logging).
+The loss modules of losses/naive.py, order_inv.py and hypercut.py are called as loss(pred, gt) on
+(B, N, C, H, W) RGB [0, 1] sequences; build_loss wraps them to take a backbone's output dict (the
+backbone contract, models/__init__.py) and scores its "frames", or, for a multi-scale backbone
+(Purohit), builds losses/multiscale.py's PurohitLoss. Every loss returns (total, dict of detached terms).
 """
+from torch import nn
+
 from losses.hypercut import HyperCUTLoss
+from losses.multiscale import PurohitLoss
 from losses.naive import NaiveLoss, charbonnier, naive_loss
 from losses.order_inv import OrderInvLoss, order_inv_loss, order_inv_terms
+from losses.pit import PITLoss, pit_loss
 
-LOSS_TYPES = ("naive", "order_inv", "hypercut")
+LOSS_TYPES = ("naive", "order_inv", "hypercut", "pit")
 
 
-def build_loss(loss_type: str, hypercut=None, alpha: float = 0.2):
-    """The loss module for --loss_type; "hypercut" needs a HyperCUT model (see models.hypercut.load_hypercut)."""
+class FramesLoss(nn.Module):
+    """A loss of predicted frames, applied to a backbone's output dict: loss(out["frames"], gt)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, out: dict, gt):
+        return self.inner(out["frames"], gt)
+
+
+def build_frames_loss(loss_type: str, hypercut=None, alpha: float = 0.2) -> nn.Module:
+    """The loss module of --loss_type on frame tensors; "hypercut" needs a HyperCUT model
+    (see models.hypercut.load_hypercut)."""
     if loss_type == "naive":
         return NaiveLoss()
     if loss_type == "order_inv":
         return OrderInvLoss()
+    if loss_type == "pit":
+        return PITLoss()
     if loss_type == "hypercut":
         if hypercut is None:
             raise ValueError("--loss_type hypercut needs a HyperCUT model: pass --hypercut_path")
@@ -23,5 +43,16 @@ def build_loss(loss_type: str, hypercut=None, alpha: float = 0.2):
     raise ValueError(f"unknown loss type {loss_type!r}; choose from {', '.join(LOSS_TYPES)}")
 
 
-__all__ = ["LOSS_TYPES", "build_loss", "charbonnier", "naive_loss", "order_inv_loss", "order_inv_terms",
-           "NaiveLoss", "OrderInvLoss", "HyperCUTLoss"]
+def build_loss(loss_type: str, hypercut=None, alpha: float = 0.2, *, multiscale: bool = False, **multiscale_kwargs):
+    """The loss of a backbone's output dict: multiscale (Purohit: every scale, the flow term and the
+    options of PurohitLoss) or the frames loss of --loss_type."""
+    if multiscale:
+        return PurohitLoss(loss_type, hypercut=hypercut, alpha=alpha, **multiscale_kwargs)
+    if multiscale_kwargs:
+        raise ValueError(f"options {sorted(multiscale_kwargs)} are for multi-scale backbones only")
+    return FramesLoss(build_frames_loss(loss_type, hypercut, alpha))
+
+
+__all__ = ["LOSS_TYPES", "build_loss", "build_frames_loss", "charbonnier", "naive_loss", "order_inv_loss",
+           "order_inv_terms", "NaiveLoss", "OrderInvLoss", "HyperCUTLoss", "PurohitLoss", "FramesLoss", "PITLoss",
+           "pit_loss"]

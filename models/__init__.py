@@ -9,6 +9,17 @@ A checkpoint written by train_blur2vid.py records the backbone's name and constr
 ({"backbone": {"name": "Jin", "width_mult": 1.0}}) and its input convention, so loading needs nothing
 else. Each registered backbone says which constructor arguments rebuild it and, optionally, how to
 read its authors' official weights from a folder.
+
+The backbone contract (Jin, Purohit, any later one), so that scripts and losses name no backbone:
+- attributes `num_frames` (7), `input_convention` (models.convention: each network converts its own
+  input; between modules images are RGB float in [0, 1]) and its constructor arguments (config_keys);
+- `forward(blur, center=None)`: blur (B, 3, H, W) of any size -> a dict with "frames" (B, T, 3, H, W)
+  at full resolution and "center" (B, 3, H, W), the central frame it used; `center` given = that frame
+  is used instead of the backbone's own prediction (the ground-truth centre: an oracle, labelled so in
+  every report). Extras that the backbone's losses use: Purohit adds "scales" (4 resolutions, finest
+  first), "flows", "masks", "embedding", and "center_pred" when its centre network predicted the centre;
+- `num_scales` > 1 marks a multi-scale output: losses.build_loss then builds the multi-scale losses
+  (losses/multiscale.py); otherwise the losses score "frames".
 """
 from __future__ import annotations
 
@@ -21,8 +32,9 @@ import torch
 from torch import nn
 
 from models.backbones.jin import JinBackbone, load_official_jin
+from models.backbones.purohit import PurohitBackbone
 from models.convention import InputConvention
-from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.checkpoint import CheckpointError, load_checkpoint, state_dict_mismatch
 
 
 @dataclass(frozen=True)
@@ -49,7 +61,20 @@ register_backbone(BackboneEntry(
     "Jin", JinBackbone, ("width_mult",), load_official=load_official_jin,
     official_hint="a folder holding center_v3.pth, F35_N8.pth, F26_N9_from_F35_N8.pth and "
                   "F17_N9_from_F26_N9_from_F35_N8.pth"))
-# "Purohit" joins here once models/backbones/purohit.py exists.
+register_backbone(BackboneEntry(
+    "Purohit", PurohitBackbone, ("width_mult", "center_width_mult", "feed_back_flow")))
+
+
+def float_output(out: dict) -> dict:
+    """A backbone's output with every floating tensor (also inside lists) in float32: losses are computed
+    in float32 whatever the autocast dtype of the forward pass."""
+    def cast(v):
+        if torch.is_tensor(v):
+            return v.float() if v.is_floating_point() else v
+        if isinstance(v, (list, tuple)):
+            return type(v)(cast(x) for x in v)
+        return v
+    return {k: cast(v) for k, v in out.items()}
 
 
 def backbone_names() -> list[str]:
@@ -153,20 +178,13 @@ def load_backbone(path, map_location="cpu", *, name: str | None = None,
         except (KeyError, TypeError, ValueError) as e:
             fail(f"bad input_convention {conv!r}: {e}")
     state = _strip_module_prefix(state)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        parts = ([f"missing {len(missing)} keys, e.g. {', '.join(missing[:3])}"] if missing else []) + \
-                ([f"unexpected {len(unexpected)} keys, e.g. {', '.join(unexpected[:3])}"] if unexpected else [])
-        fail(f"does not match a {saved_name} backbone with {config}: {'; '.join(parts)}")
-    for k, v in state.items():
-        if not torch.is_tensor(v) or tuple(v.shape) != tuple(own[k].shape):
-            fail(f"{k} has shape {tuple(getattr(v, 'shape', ()))}, a {saved_name} backbone with {config} "
-                 f"expects {tuple(own[k].shape)}")
+    problem = state_dict_mismatch(model.state_dict(), state)
+    if problem:
+        fail(f"does not match a {saved_name} backbone with {config}: {problem}")
     model.load_state_dict(state, strict=True)
+    model.training_stage = ckpt.get("stage")  # Purohit: 1 = the video autoencoder of stage 1
     return model.to(map_location).eval()
 
 
 __all__ = ["BackboneEntry", "register_backbone", "backbone_names", "build_backbone",
-           "backbone_checkpoint_fields", "load_backbone"]
+           "backbone_checkpoint_fields", "load_backbone", "float_output"]

@@ -19,7 +19,8 @@ from torch import nn
 
 from models.chunking import chunk_size, default_budget
 from models.convention import REFERENCE_BGR_IMAGENET, InputConvention
-from utils.checkpoint import CheckpointError, load_checkpoint
+from models.hypercut_ext import CorrIm2Vec, FlowIm2Vec, MotionIm2Vec
+from utils.checkpoint import CheckpointError, load_checkpoint, state_dict_mismatch
 
 # The released f uses `nn.LeakyReLU(True)`, which passes True as negative_slope: slope 1.0, so the
 # "activation" is the identity and f is linear up to its residual blocks' ReLUs. The authors' weights
@@ -172,7 +173,9 @@ class Hyperplane(nn.Module):
 
 
 G_FUNCS = {"Concat": ConcatG}
-F_FUNCS = {"ResnetIm2Vec": ResnetIm2Vec}
+# MotionIm2Vec, CorrIm2Vec and FlowIm2Vec: our extensions (models/hypercut_ext.py)
+F_FUNCS = {"ResnetIm2Vec": ResnetIm2Vec, "MotionIm2Vec": MotionIm2Vec, "CorrIm2Vec": CorrIm2Vec,
+           "FlowIm2Vec": FlowIm2Vec}
 
 
 def sequence_pairs(num_frames: int, include_reversed: bool = True) -> list[tuple[int, int]]:
@@ -380,18 +383,10 @@ def load_hypercut(path_or_state, map_location="cpu") -> HyperCUT:
         model = build_hypercut(config, input_convention=conv)
     except ValueError as e:
         fail(f"cannot build the model: {e}")
-    try:
-        result = model.load_state_dict(state, strict=False)  # key problems reported below, in one line
-    except RuntimeError as e:  # shape mismatches
-        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
-        fail(f"does not match a HyperCUT model with config {model.config}: " + "; ".join(lines[:3]))
-    problems = []
-    if result.missing_keys:
-        problems.append(f"missing keys {_shorten(result.missing_keys)}")
-    if result.unexpected_keys:
-        problems.append(f"unexpected keys {_shorten(result.unexpected_keys)}")
-    if problems:
-        fail(f"does not match a HyperCUT model with config {model.config}: " + "; ".join(problems))
+    problem = state_dict_mismatch(model.state_dict(), state)
+    if problem:
+        fail(f"does not match a HyperCUT model with config {model.config}: {problem}")
+    model.load_state_dict(state)
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     return model.eval()

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from utils.errors import FlagError
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
@@ -456,9 +458,9 @@ def test_synthetic_splits_by_photograph():
 
 
 def test_synthetic_config_validation():
-    with pytest.raises(ValueError, match="two splits"):
+    with pytest.raises(FlagError, match="two splits"):
         synthetic.SyntheticConfig(splits={"train": ("astronaut",), "val": ("astronaut",), "test": ("coffee",)})
-    with pytest.raises(ValueError, match="odd"):
+    with pytest.raises(FlagError, match="odd"):
         synthetic.SyntheticConfig(subframes=6)
-    with pytest.raises(ValueError):
+    with pytest.raises(FlagError, match="at least 32"):
         synthetic.SyntheticConfig(size=16)

@@ -12,14 +12,9 @@ from utils.metrics import ordering_stats
 
 
 @pytest.fixture(scope="module")
-def fixture(fixtures_dir):
-    return torch.load(fixtures_dir / "hypercut_reference_encoder.pt", weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def reference_model(fixture):
+def reference_model(hypercut_reference):
     model = HyperCUT()
-    model.load_state_dict(fixture["state_dict"], strict=True)
+    model.load_state_dict(hypercut_reference["state_dict"], strict=True)
     return model.eval()
 
 
@@ -27,38 +22,38 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-def test_state_dict_keys_match_the_reference(fixture):
-    assert set(HyperCUT().state_dict()) == set(fixture["state_dict"])
+def test_state_dict_keys_match_the_reference(hypercut_reference):
+    assert set(HyperCUT().state_dict()) == set(hypercut_reference["state_dict"])
 
 
-def test_reproduces_reference_embeddings_and_scores(fixture, reference_model):
+def test_reproduces_reference_embeddings_and_scores(hypercut_reference, reference_model):
     with torch.no_grad():
-        emb, scores = reference_model.pair_scores_network(fixture["sharp_frames"])
+        emb, scores = reference_model.pair_scores_network(hypercut_reference["sharp_frames"])
     assert emb.shape == (2, 6, 128) and scores.shape == (2, 6)
-    assert rel_err(emb, fixture["embeddings"]) < 1e-4
-    assert rel_err(scores, fixture["projections"]) < 1e-4
+    assert rel_err(emb, hypercut_reference["embeddings"]) < 1e-4
+    assert rel_err(scores, hypercut_reference["projections"]) < 1e-4
     # the scores are the hyperplane applied to the embeddings, pair by pair
     torch.testing.assert_close(reference_model.score(emb), scores)
 
 
-def test_rgb_api_matches_network_space(fixture, reference_model):
+def test_rgb_api_matches_network_space(hypercut_reference, reference_model):
     assert reference_model.input_convention == REFERENCE_BGR_IMAGENET
-    rgb = REFERENCE_BGR_IMAGENET.from_network(fixture["sharp_frames"])
+    rgb = REFERENCE_BGR_IMAGENET.from_network(hypercut_reference["sharp_frames"])
     with torch.no_grad():
         emb, scores = reference_model.pair_scores(rgb)
         emb_fwd, _ = reference_model(rgb)
-    assert rel_err(emb, fixture["embeddings"]) < 1e-4
-    assert rel_err(scores, fixture["projections"]) < 1e-4
+    assert rel_err(emb, hypercut_reference["embeddings"]) < 1e-4
+    assert rel_err(scores, hypercut_reference["projections"]) < 1e-4
     torch.testing.assert_close(emb_fwd, emb)
 
 
-def test_single_pair_and_forward_only_pairs(fixture, reference_model):
-    x = fixture["sharp_frames"]
+def test_single_pair_and_forward_only_pairs(hypercut_reference, reference_model):
+    x = hypercut_reference["sharp_frames"]
     with torch.no_grad():
         d = reference_model.embed_pair(x[:, 6], x[:, 0])  # dbar1 = f(g(x7, x1))
         _, fwd = reference_model.pair_scores_network(x, include_reversed=False)
-    assert rel_err(d, fixture["embeddings"][:, 1]) < 1e-4
-    assert rel_err(fwd, fixture["projections"][:, 0::2]) < 1e-4
+    assert rel_err(d, hypercut_reference["embeddings"][:, 1]) < 1e-4
+    assert rel_err(fwd, hypercut_reference["projections"][:, 0::2]) < 1e-4
 
 
 def test_sequence_pairs_for_other_lengths():
@@ -134,15 +129,15 @@ def test_order_decisions():
     assert stats["con3"].tolist() == [True, True, False, False, False]
 
 
-def test_slope_option_changes_output(fixture):
-    x = fixture["sharp_frames"][:1]
+def test_slope_option_changes_output(hypercut_compact):
+    x = hypercut_compact["sharp_frames"][:1]
     leaky = HyperCUT(slope=0.2)
-    leaky.load_state_dict(fixture["state_dict"], strict=True)
+    leaky.load_state_dict(hypercut_compact["state_dict"], strict=True)
     assert leaky.config["slope"] == 0.2
     assert isinstance(leaky.f_func.model[2], torch.nn.LeakyReLU) and leaky.f_func.model[2].negative_slope == 0.2
     with torch.no_grad():
         emb, _ = leaky.pair_scores_network(x)
-    assert rel_err(emb, fixture["embeddings"][:1]) > 1e-3
+    assert rel_err(emb, hypercut_compact["embeddings"][:1]) > 1e-3
 
 
 def test_resnet_im2vec_layout():
@@ -153,16 +148,16 @@ def test_resnet_im2vec_layout():
     assert f(torch.rand(3, 6, 64, 64)).shape == (3, 128)
 
 
-def test_load_reference_state_dict_file(tmp_path, fixture):
+def test_load_reference_state_dict_file(tmp_path, hypercut_reference):
     path = tmp_path / "hypercut_released.pth"
-    torch.save(fixture["state_dict"], path)
+    torch.save(hypercut_reference["state_dict"], path)
     model = load_hypercut(path)
     assert model.input_convention == REFERENCE_BGR_IMAGENET
     assert model.config == {"out_dim": 128, "f_func": "ResnetIm2Vec", "g_func": "Concat", "slope": 1.0}
     assert not model.training
     with torch.no_grad():
-        _, scores = model.pair_scores_network(fixture["sharp_frames"])
-    assert rel_err(scores, fixture["projections"]) < 1e-4
+        _, scores = model.pair_scores_network(hypercut_reference["sharp_frames"])
+    assert rel_err(scores, hypercut_reference["projections"]) < 1e-4
 
 
 def test_our_checkpoint_roundtrip(tmp_path):
@@ -177,27 +172,27 @@ def test_our_checkpoint_roundtrip(tmp_path):
         torch.testing.assert_close(loaded(x)[1], model.eval()(x)[1])
 
 
-def test_bad_checkpoints(tmp_path, fixture):
+def test_bad_checkpoints(tmp_path, hypercut_compact):
     jin = tmp_path / "center_v3.pth"
     torch.save({"state_dict_G": {"conv1.weight": torch.zeros(1)}}, jin)
     with pytest.raises(CheckpointError, match=r"center_v3\.pth.*Jin"):
         load_hypercut(jin)
 
-    missing = dict(fixture["state_dict"])
+    missing = dict(hypercut_compact["state_dict"])
     del missing["f_func.model.13.conv_block.4.bias"]
     path = tmp_path / "missing.pth"
     torch.save(missing, path)
-    with pytest.raises(CheckpointError, match=r"missing\.pth.*missing keys f_func\.model\.13\.conv_block\.4\.bias"):
+    with pytest.raises(CheckpointError, match=r"missing\.pth.*1 missing key \(f_func\.model\.13\.conv_block\.4\.bias\)"):
         load_hypercut(path)
 
     path = tmp_path / "mismatch.pth"
-    torch.save({"model": fixture["state_dict"], "hypercut_config": {"out_dim": 64},
+    torch.save({"model": hypercut_compact["state_dict"], "hypercut_config": {"out_dim": 64},
                 "input_convention": REFERENCE_BGR_IMAGENET.to_dict()}, path)
     with pytest.raises(CheckpointError, match=r"mismatch\.pth.*out_dim mismatch.*64.*129"):
         load_hypercut(path)
 
     path = tmp_path / "shape.pth"
-    bad = dict(fixture["state_dict"])
+    bad = dict(hypercut_compact["state_dict"])
     bad["f_func.model.1.weight"] = torch.zeros(32, 3, 7, 7)
     torch.save(bad, path)
     with pytest.raises(CheckpointError, match=r"shape\.pth.*f_func\.model\.1\.weight"):

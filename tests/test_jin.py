@@ -17,35 +17,32 @@ def n_params(module):
 
 
 @pytest.fixture(scope="module")
-def reference(fixtures_dir):
-    data = torch.load(fixtures_dir / "jin_reference_networks.pt", weights_only=True, map_location="cpu")
-    scale = 2.0 ** -data["exponent"]
-    # float tensors are stored as int8 q meaning q * 2**-e; integer buffers as they are
-    dicts = {name: {k: v.float() * scale if v.dtype == torch.int8 else v for k, v in sd.items()}
-             for name, sd in data["int8_state_dicts"].items()}
-    return dicts, data["blur"], data["frames"]
+def official(jin_reference):
+    """Per fixture source: for the tests that compare with the official frames."""
+    return load_official_jin(jin_reference[0]).eval()
 
 
 @pytest.fixture(scope="module")
-def official(reference):
-    return load_official_jin(reference[0]).eval()
+def compact_official(jin_compact):
+    """The compact fixture's weights only: for the tests that need the real layout, not the frames."""
+    return load_official_jin(jin_compact[0]).eval()
 
 
 def run(model, x):
     with torch.no_grad():
-        return model(x)
+        return model(x)["frames"]
 
 
-def test_reproduces_reference_frames(official, reference):
-    _, blur, frames = reference
+def test_reproduces_reference_frames(official, jin_reference):
+    _, blur, frames = jin_reference
     out = run(official, blur)
     assert out.shape == frames.shape == (2, 7, 3, 40, 60)
     assert (out - frames).abs().max().item() < 1e-4
     assert official.input_convention == RGB_UNIT
 
 
-def test_official_files_round_trip(official, reference, tmp_path):
-    dicts, blur, frames = reference
+def test_official_files_round_trip(official, jin_reference, tmp_path):
+    dicts, blur, frames = jin_reference
     paths = save_official_jin(official, tmp_path)
     assert sorted(p.name for p in paths) == sorted(FILENAMES.values())
     for name in NAMES:
@@ -60,11 +57,11 @@ def test_official_files_round_trip(official, reference, tmp_path):
     assert torch.equal(out, run(official, blur))
 
 
-def test_joint_state_dict_round_trip(official, reference):
+def test_joint_state_dict_round_trip(compact_official, jin_compact):
     model = JinBackbone()
-    model.load_state_dict(official.state_dict(), strict=True)
-    blur = reference[1]
-    assert torch.equal(run(model, blur), run(official, blur))
+    model.load_state_dict(compact_official.state_dict(), strict=True)
+    blur = jin_compact[1]
+    assert torch.equal(run(model, blur), run(compact_official, blur))
 
 
 def test_parameter_counts():
@@ -78,23 +75,24 @@ def test_parameter_counts():
     assert not any(b.numel() for b in model.buffers())  # no running stats
 
 
-def test_any_size_pads_reflect_and_crops(official, reference):
-    blur = reference[1][:, :, :37, :53]
-    out = run(official, blur)
+def test_any_size_pads_reflect_and_crops(compact_official, jin_compact):
+    blur = jin_compact[1][:, :, :37, :53]
+    out = run(compact_official, blur)
     assert out.shape == (2, 7, 3, 37, 53)
     padded = F.pad(blur, (0, 60 - 53, 0, 40 - 37), mode="reflect")
-    expected = run(official, padded)[..., :37, :53]
+    expected = run(compact_official, padded)[..., :37, :53]
     assert torch.allclose(out, expected, atol=1e-6)
     # not a multiple of 20 in one axis only; and an image smaller than the padding it needs
-    assert run(official, reference[1][:, :, :, :41]).shape == (2, 7, 3, 40, 41)
-    tiny = run(official, reference[1][:1, :, :7, :9])
+    assert run(compact_official, jin_compact[1][:, :, :, :41]).shape == (2, 7, 3, 40, 41)
+    tiny = run(compact_official, jin_compact[1][:1, :, :7, :9])
     assert tiny.shape == (1, 7, 3, 7, 9) and torch.isfinite(tiny).all()
 
 
-def test_multiple_of_20_is_not_padded(official, reference):
-    _, blur, frames = reference
+def test_multiple_of_20_is_not_padded(official, jin_reference):
+    _, blur, frames = jin_reference
     # frames were made by the official code, which never pads: any padding would change them
-    x4 = run(official.center, blur)
+    with torch.no_grad():
+        x4 = official.center(blur)  # the middle network alone: frame 4
     assert (x4 - frames[:, 3]).abs().max().item() < 1e-4
     assert (run(official, blur) - frames).abs().max().item() < 1e-4
 
@@ -120,8 +118,8 @@ def test_other_width_gives_clear_error(tmp_path):
     assert n_params(load_official_jin(tmp_path, width_mult=0.25)) == n_params(narrow)
 
 
-def test_missing_file_is_named(official, tmp_path):
-    save_official_jin(official, tmp_path)
+def test_missing_file_is_named(compact_official, tmp_path):
+    save_official_jin(compact_official, tmp_path)
     (tmp_path / "F26_N9_from_F35_N8.pth").unlink()
     with pytest.raises(CheckpointError, match=r"F26_N9_from_F35_N8\.pth.*missing") as info:
         load_official_jin(tmp_path)
@@ -130,8 +128,8 @@ def test_missing_file_is_named(official, tmp_path):
         load_official_jin(tmp_path / "nowhere")
 
 
-def test_wrong_keys_are_named(reference):
-    dicts = dict(reference[0])
+def test_wrong_keys_are_named(jin_compact):
+    dicts = dict(jin_compact[0])
     f17 = dict(dicts["f17"])
     f17["generateFrame1_7.extra.weight"] = f17.pop("generateFrame1_7.conv3.weight")
     dicts["f17"] = f17
@@ -140,11 +138,11 @@ def test_wrong_keys_are_named(reference):
                                               r"unexpected 1 keys.*generateFrame1_7\.extra\.weight"):
         load_official_jin(dicts)
     with pytest.raises(CheckpointError, match="'f26'"):
-        load_official_jin({k: v for k, v in reference[0].items() if k != "f26"})
+        load_official_jin({k: v for k, v in jin_compact[0].items() if k != "f26"})
 
 
-def test_stray_running_stats_are_ignored(official, reference, tmp_path):
-    dicts, blur, frames = reference
+def test_stray_running_stats_are_ignored(jin_compact, tmp_path):
+    dicts, blur, frames = jin_compact
     with_stats = {}
     for name, sd in dicts.items():
         sd = dict(sd)
@@ -161,6 +159,18 @@ def test_stray_running_stats_are_ignored(official, reference, tmp_path):
     assert torch.equal(run(load_official_jin(tmp_path), blur), out)
 
 
-def test_rejects_wrong_input_shape(official):
+def test_rejects_wrong_input_shape(compact_official):
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
-        official(torch.rand(1, 1, 40, 60))
+        compact_official(torch.rand(1, 1, 40, 60))
+
+
+def test_given_center_replaces_the_middle_network(compact_official, jin_compact):
+    """The backbone contract's oracle centre: frame 4 is the given frame, and the other frames are
+    refined from it (they change with it)."""
+    _, blur, frames = jin_compact
+    with torch.no_grad():
+        own = compact_official(blur)
+        given = compact_official(blur, frames[:, 3])
+    assert torch.equal(own["center"], own["frames"][:, 3])
+    assert torch.allclose(given["frames"][:, 3], frames[:, 3], atol=1e-6)
+    assert (given["frames"][:, 0] - own["frames"][:, 0]).abs().max() > 0

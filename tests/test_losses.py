@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import HyperCUTLoss, NaiveLoss, OrderInvLoss, build_loss, charbonnier, naive_loss, order_inv_loss
+from losses import (HyperCUTLoss, NaiveLoss, OrderInvLoss, PurohitLoss, build_frames_loss, build_loss, charbonnier,
+                    naive_loss, order_inv_loss)
 from models.hypercut import HyperCUT
 
 
@@ -116,7 +117,7 @@ def test_hypercut_regularizer_prefers_the_positive_side(signed_setup):
 
 def test_hypercut_loss_gradients_reach_predictions_only(signed_setup):
     model, seq = signed_setup
-    loss = build_loss("hypercut", hypercut=model, alpha=0.2)
+    loss = build_frames_loss("hypercut", hypercut=model, alpha=0.2)
     loss.train()
     assert not model.training and not loss.hypercut.training
     assert all(not p.requires_grad for p in model.parameters())
@@ -132,9 +133,19 @@ def test_hypercut_loss_gradients_reach_predictions_only(signed_setup):
 
 
 def test_build_loss():
-    assert isinstance(build_loss("naive"), NaiveLoss)
-    assert isinstance(build_loss("order_inv"), OrderInvLoss)
+    assert isinstance(build_frames_loss("naive"), NaiveLoss)
+    assert isinstance(build_frames_loss("order_inv"), OrderInvLoss)
     with pytest.raises(ValueError, match="unknown loss type 'l2'"):
-        build_loss("l2")
+        build_frames_loss("l2")
     with pytest.raises(ValueError, match="hypercut_path"):
-        build_loss("hypercut")
+        build_frames_loss("hypercut")
+    # on a backbone's output dict: the frames are scored; multi-scale backbones get PurohitLoss
+    gt = torch.rand(2, 7, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = {"frames": gt.flip(1), "center": gt[:, 3]}
+    total, terms = build_loss("naive")(out, gt)
+    assert total.item() == pytest.approx(naive_loss(gt.flip(1), gt).item())
+    total, _ = build_loss("order_inv")(out, gt)
+    assert total.item() == pytest.approx(order_inv_loss(gt.flip(1), gt).item())
+    assert isinstance(build_loss("naive", multiscale=True, mu=0.02), PurohitLoss)
+    with pytest.raises(ValueError, match="multi-scale"):
+        build_loss("naive", mu=0.02)

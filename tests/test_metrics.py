@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+import utils.metrics as metrics_module
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from utils.metrics import (
@@ -19,6 +21,7 @@ from utils.metrics import (
     PSNR_CAP_DB,
     LPIPSMetric,
     LPIPSWeightsError,
+    ALEXNET_WEIGHTS_URL,
     LPIPSWeightsMissing,
     SequenceMetrics,
     alexnet_weights_path,
@@ -267,6 +270,19 @@ def test_lpips_loads_trunk_from_torch_cache(monkeypatch, tmp_path, random_lpips)
     assert torch.equal(metric.model.net.slice1.get_submodule("0").weight, state["features.0.weight"])
     assert torch.equal(metric.model.net.slice5.get_submodule("10").bias, state["features.10.bias"])
     assert not metric.random_backbone
+
+    # missing from the cache: downloaded there, as torchvision does (here by a stand-in download)
+    path.unlink()
+    calls = []
+
+    def fake_download(url, target):
+        calls.append((url, target))
+        torch.save(state, target)
+
+    monkeypatch.setattr(metrics_module, "_download", fake_download)
+    metric = LPIPSMetric("cpu")
+    assert calls == [(ALEXNET_WEIGHTS_URL, path)] and path.is_file()
+    assert torch.equal(metric.model.net.slice5.get_submodule("10").bias, state["features.10.bias"])
 
     del state["features.8.weight"]
     torch.save(state, path)

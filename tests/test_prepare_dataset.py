@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli import one_line_error
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -86,8 +87,7 @@ def test_refuses_to_overwrite_without_flag(tmp_path, capsys):
     assert prepare_dataset.main(["synthetic", "--out", str(out)] + small) == 0
     before = (out / "metadata.json").read_bytes()
     capsys.readouterr()
-    assert prepare_dataset.main(["synthetic", "--out", str(out), "--seed", "3"] + small) == 2
-    err = capsys.readouterr().err
+    err = one_line_error(capsys, prepare_dataset.main, ["synthetic", "--out", str(out), "--seed", "3"] + small)
     assert "--overwrite" in err and str(out) in err
     assert (out / "metadata.json").read_bytes() == before and not (out / ".incomplete").exists()
     assert prepare_dataset.main(["synthetic", "--out", str(out), "--seed", "3", "--overwrite"] + small) == 0
@@ -99,8 +99,7 @@ def test_refuses_a_non_empty_folder_that_is_not_a_dataset(tmp_path, capsys):
     (out / "000000").mkdir(parents=True)
     (out / "000000" / "notes.txt").write_text("keep me")
     small = ["--size", "32", "--num_train", "1", "--num_val", "1", "--num_test", "1", "--subframes", "5"]
-    assert prepare_dataset.main(["synthetic", "--out", str(out)] + small) == 2
-    assert "not empty" in capsys.readouterr().err
+    assert "not empty" in one_line_error(capsys, prepare_dataset.main, ["synthetic", "--out", str(out)] + small)
     assert (out / "000000" / "notes.txt").read_text() == "keep me" and tree(out) == {"000000", "000000/notes.txt"}
 
 
@@ -146,8 +145,7 @@ def test_summary_mode(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| val | 1 | 32x32 |" in text and "| test | 2 | 32x32 |" in text
     (out / "000000" / "sharp" / "0000_3.png").unlink()
-    assert prepare_dataset.main(["summary", "--out", str(out)]) == 2
-    err = capsys.readouterr().err
+    err = one_line_error(capsys, prepare_dataset.main, ["summary", "--out", str(out)])
     assert err.startswith("error:") and "000000/0000" in err and "0000_3.png" in err
 
 
@@ -229,13 +227,13 @@ def test_frames_mode_fraction_splits_by_video(tmp_path, videos):
 
 
 def test_frames_mode_errors(tmp_path, videos, capsys):
-    assert prepare_dataset.main(["frames", "--src", str(videos), "--out", str(tmp_path / "a"), "--window", "31"]) == 2
-    assert "--window" in capsys.readouterr().err
-    assert prepare_dataset.main(["frames", "--src", str(tmp_path / "none"), "--out", str(tmp_path / "b")]) == 2
-    assert "--src" in capsys.readouterr().err
-    assert prepare_dataset.main(["frames", "--src", str(videos), "--out", str(tmp_path / "c"), "--window", "14",
-                                 "--val_videos", "clip_9"]) == 2
-    assert "clip_9" in capsys.readouterr().err
+    main = prepare_dataset.main
+    assert "--window" in one_line_error(capsys, main, ["frames", "--src", str(videos), "--out", str(tmp_path / "a"),
+                                                       "--window", "31"])
+    assert "--src" in one_line_error(capsys, main, ["frames", "--src", str(tmp_path / "none"), "--out",
+                                                    str(tmp_path / "b")])
+    assert "clip_9" in one_line_error(capsys, main, ["frames", "--src", str(videos), "--out", str(tmp_path / "c"),
+                                                     "--window", "14", "--val_videos", "clip_9"])
     assert not any((tmp_path / d / "metadata.json").exists() for d in "abc")
     assert not any((tmp_path / d / ".incomplete").exists() for d in "abc")
 

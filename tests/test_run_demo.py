@@ -23,7 +23,11 @@ def test_quick_demo_end_to_end(tmp_path):
     assert {e["order"] for e in ordered["data"]} <= {"ignore", "reverse"}
     hc = json.loads((out / "hypercut_test.json").read_text())
     assert hc["num_sequences"] == 4 and 0.0 <= hc["hit"] <= 1.0
-    for loss in ("naive", "hypercut"):
+    assert json.loads((out / "hypercut_ext_test.json").read_text())["hit"] == 1.0  # antisymmetric f
+    probe = json.loads((out / "probe.json").read_text())
+    assert probe["sources"] == ["stored", "oracle", "hypercut:hypercut", "hypercut:hypercut_ext"]
+    assert (out / "probe.png").stat().st_size > 1000 and (out / "per_frame.png").stat().st_size > 1000
+    for loss in ("order_inv", "hypercut", "hypercut_ext"):
         res = json.loads((out / f"jin_{loss}_test.json").read_text())
         assert res["num_sequences"] == 4 and len(res["pPSNR"]) == 7
         assert res["pLPIPS"] is None or len(res["pLPIPS"]) == 7
@@ -32,8 +36,11 @@ def test_quick_demo_end_to_end(tmp_path):
     frames = sorted((out / "inference").glob("*/frame_*.png"))
     assert len(frames) == 4 * 7
     assert np.asarray(Image.open(frames[0])).shape == (64, 64, 3)
+    gif = Image.open(frames[0].parent / "frames.gif")
+    assert gif.format == "GIF" and gif.size == (64, 64) and (frames[0].parent / "contact.png").exists()
     summary = (out / "summary.md").read_text()
-    assert "| naive |" in summary and "| hypercut |" in summary and "hit" in summary
+    assert "| order_inv |" in summary and "| hypercut_ext |" in summary and "hit" in summary
+    assert "probe" in summary
 
     # a second run skips both trainings and ends with the same summary
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -1,46 +1,93 @@
-"""Running a deblurring backbone over a val/test split: the loop train_blur2vid.py (validation) and
-test_blur2vid.py share. Predictions and metrics stay on the model's device, batch by batch."""
+"""Evaluation over a val/test split, shared by the test scripts and the train scripts' validation:
+loaders that keep full-size images (a split may mix sizes), HyperCUT scores, and the deblurring loop.
+Predictions and metrics stay on the model's device, batch by batch."""
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
+from utils.device import out_of_memory_hint
+from utils.distributed import DistInfo, gather_rows, unwrap
 from utils.metrics import SequenceMetrics, hit_con
-from utils.training import DistInfo, collate_by_size, progress, unwrap
+from utils.training import progress
 
 
-def make_sharded_eval_loader(dataset, batch_size: int, num_workers: int, device: torch.device | None = None,
-                             dist_info: DistInfo | None = None) -> DataLoader:
-    """Like utils.training.make_eval_loader, but under torch.distributed each rank takes every
-    world_size-th item (no padding, unlike DistributedSampler), so figures summed over ranks
-    (SequenceMetrics.all_reduce) count every sequence exactly once."""
+def collate_by_size(items: list) -> list:
+    """Evaluation collate: the items of a batch grouped by tensor shapes (val/test images are used at
+    full size, and a dataset may mix sizes), each group collated on its own. Returns a list of batches."""
+    groups: dict = {}
+    for item in items:
+        key = tuple(tuple(v.shape) for v in item.values() if torch.is_tensor(v))
+        groups.setdefault(key, []).append(item)
+    return [default_collate(group) for group in groups.values()]
+
+
+def make_eval_loader(dataset, batch_size: int, num_workers: int, device: torch.device | None = None,
+                     dist_info: DistInfo | None = None) -> DataLoader:
+    """Val/test loader: every item once, in dataset order; yields lists of batches (collate_by_size).
+    Under torch.distributed each rank takes every world_size-th item (no padding, unlike
+    DistributedSampler), so figures summed over ranks count every sequence exactly once."""
     dist_info = dist_info or DistInfo()
     indices = list(range(dist_info.rank, len(dataset), dist_info.world_size))
     return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=num_workers,
                       collate_fn=collate_by_size, pin_memory=device is not None and device.type == "cuda")
 
 
-def _gather_rows(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate a (N_rank, ...) CPU tensor over all ranks (torch.distributed), or return it."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()):
-        return t
-    parts = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, t)
-    return torch.cat(parts)
+def memory_advice(doing: str, images: torch.Tensor, device) -> str:
+    """What to say when a batch of `images` (B, ..., H, W) does not fit in memory: its size and what to lower."""
+    n, (h, w) = images.shape[0], images.shape[-2:]
+    where = f"{doing} a batch of {n} image(s) of {h}x{w} (H x W) on {device}"
+    if n > 1:
+        return f"{where}: lower --batch_size"
+    return f"{where}, one image at a time already: use smaller images" + (" or --device cpu" if device.type != "cpu" else "")
+
+
+@torch.no_grad()
+def hypercut_scores(model, loader: DataLoader, device: torch.device, desc: str = "scoring",
+                    dist_info: DistInfo | None = None) -> torch.Tensor:
+    """Hyperplane scores (N, 6) of every sequence of an eval loader (make_eval_loader) in dataset
+    order: h(d1), h(dbar1), h(d2), h(dbar2), h(d3), h(dbar3) (SPEC 4). Runs the model in eval mode,
+    in float32, and leaves the global RNG as it was (validation must not shift a training run).
+    Under torch.distributed every rank must call it and every rank gets all N rows."""
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    rows, scores = [], []
+    with torch.random.fork_rng(devices=[]):
+        for batches in progress(loader, dist_info, desc=desc, unit="batch", leave=False):
+            for batch in batches:
+                with out_of_memory_hint(lambda: memory_advice("scoring", batch["frames"], device)):
+                    _, s = model(batch["frames"].to(device, non_blocking=True))
+                rows.append(batch["index"])
+                scores.append(s.float().cpu())
+    model.train(was_training)
+    rows = gather_rows(torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long))
+    scores = gather_rows(torch.cat(scores) if scores else torch.zeros(0, 6))
+    out = torch.full((len(loader.dataset), 6), float("nan"), dtype=torch.float32)
+    out[rows] = scores
+    return out
+
+
+def predict_frames(net, blur: torch.Tensor, gt: torch.Tensor, middle_frame: str = "predicted") -> torch.Tensor:
+    """A backbone's frames (backbone contract, models/__init__.py) in float32: its own central frame, or
+    with middle_frame "gt" the ground truth's (the oracle protocol of the HyperCUT paper's tables)."""
+    center = gt[:, gt.shape[1] // 2] if middle_frame == "gt" else None
+    return net(blur, center)["frames"].float()
 
 
 @torch.no_grad()
 def evaluate(model, loader, device: torch.device, metrics: SequenceMetrics, hypercut=None,
-             on_batch=None, desc: str = "eval", dist_info: DistInfo | None = None) -> dict | None:
+             on_batch=None, desc: str = "eval", dist_info: DistInfo | None = None, predict=None) -> dict | None:
     """Predict every sequence of `loader` (batches from collate_by_size) and add them to `metrics`.
 
+    predict(net, blur, gt) -> frames (B, T, 3, H, W); default predict_frames (the backbone's own centre).
     hypercut: a HyperCUT model; its hyperplane scores of the predicted sequences (clamped to [0, 1], as
     saved images would be) give hit/con, returned as utils.metrics.hit_con's dict (None without one).
     on_batch(batch, pred) is called for every batch (saving images, visualisations).
     Under torch.distributed the figures are summed over ranks (every rank must call this).
     The global RNG is left as it was, so validating does not change a training run.
     """
+    predict = predict or predict_frames
     net = unwrap(model)
     was_training = net.training
     net.eval()
@@ -49,13 +96,14 @@ def evaluate(model, loader, device: torch.device, metrics: SequenceMetrics, hype
         with torch.random.fork_rng(devices=[]):
             for groups in progress(loader, dist_info, desc=desc, leave=False):
                 for batch in groups:
-                    blur = batch["blur"].to(device, non_blocking=True)
-                    gt = batch["frames"].to(device, non_blocking=True)
-                    pred = net(blur)
-                    metrics.update(pred, gt)
-                    if hypercut is not None:
-                        _, s = hypercut.pair_scores(pred.clamp(0, 1))
-                        scores.append(s.float().cpu())
+                    with out_of_memory_hint(lambda: memory_advice("evaluating", batch["blur"], device)):
+                        blur = batch["blur"].to(device, non_blocking=True)
+                        gt = batch["frames"].to(device, non_blocking=True)
+                        pred = predict(net, blur, gt)
+                        metrics.update(pred, gt)
+                        if hypercut is not None:
+                            _, s = hypercut.pair_scores(pred.clamp(0, 1))
+                            scores.append(s.float().cpu())
                     if on_batch is not None:
                         on_batch(batch, pred)
     finally:
@@ -63,4 +111,4 @@ def evaluate(model, loader, device: torch.device, metrics: SequenceMetrics, hype
     metrics.all_reduce(num_frames=len(getattr(loader.dataset, "target_frames", [])) or None)
     if hypercut is None:
         return None
-    return hit_con(_gather_rows(torch.cat(scores) if scores else torch.zeros(0, 6)))
+    return hit_con(gather_rows(torch.cat(scores) if scores else torch.zeros(0, 6)))

@@ -1,6 +1,9 @@
-"""Writing result images: atomic 8-bit PNGs and the blur | prediction | ground-truth strips."""
+"""Writing result images: atomic 8-bit PNGs, one output folder per input, and the blur | prediction |
+ground-truth strips."""
 from __future__ import annotations
 
+import os
+import urllib.parse
 from pathlib import Path
 
 import torch
@@ -8,6 +11,7 @@ from torchvision.io import encode_png
 
 from datasets.transforms import to_uint8
 from utils.checkpoint import atomic_write_bytes
+from utils.errors import UserError
 
 
 def save_png(image: torch.Tensor, path, compression_level: int = 6) -> Path:
@@ -22,6 +26,43 @@ def save_frames(frames: torch.Tensor, folder, prefix: str = "frame_") -> list[Pa
     """frames (T, 3, H, W) -> folder/frame_1.png .. frame_T.png."""
     folder = Path(folder)
     return [save_png(f, folder / f"{prefix}{k}.png") for k, f in enumerate(frames, start=1)]
+
+
+def entry_folder(entry_id, index: int) -> str:
+    """A folder name for a metadata entry id, one-to-one: every character outside letters, digits and
+    `_ . - ~` is percent-escaped (`seq/1` -> `seq%2F1`, `seq_1` stays, `%` -> `%25`) and a leading `.` too,
+    so urllib.parse.unquote gives the id back and no name is hidden, `.` or `..`. Empty or very long ids
+    (file names stop at 255 bytes) become a prefix plus `%%<index>`, which no escaped id contains."""
+    name = urllib.parse.quote(str(entry_id), safe="")
+    if name.startswith("."):
+        name = "%2E" + name[1:]
+    if not name or len(name) > 200:
+        name = f"{name[:150]}%%{index}"
+    return name
+
+
+class OutputClash(UserError):
+    """Two inputs would write into one output folder."""
+
+
+class OutputFolders:
+    """Hands out one output folder per input under `root`, and refuses to give one folder to two inputs,
+    also where the file system folds names together (case-insensitive file systems: `A` and `a`). Folders
+    are compared by identity (device, inode) after creation, so nothing an earlier input wrote is overwritten."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self._owners: dict = {}
+
+    def folder(self, name: str, owner: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        st = os.stat(path)
+        first = self._owners.setdefault((st.st_dev, st.st_ino), owner)
+        if first != owner:
+            raise OutputClash(f"{owner} and {first} would both write to {path} (the file system does not tell "
+                              "their names apart): rename one of them")
+        return path
 
 
 def make_strip(blur: torch.Tensor, pred: torch.Tensor, gt: torch.Tensor | None = None,

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from utils.errors import UserError
+
 __all__ = [
     "PSNR_CAP_DB",
     "psnr",
@@ -111,6 +113,15 @@ _SSIM_CHUNK_PIXELS = 1 << 18
 
 def _ssim_radius() -> int:
     return int(_SSIM_TRUNCATE * _SSIM_SIGMA + 0.5)
+
+
+def min_image_size(lpips: bool = False) -> dict:
+    """The smallest image side each metric works on: {what: pixels}. SSIM's 11-tap window; LPIPS's AlexNet
+    (an 11x11 stride-4 convolution and two 3x3 stride-2 poolings) needs 31."""
+    need = {"SSIM": 2 * _ssim_radius() + 1}
+    if lpips:
+        need["LPIPS"] = 31
+    return need
 
 
 def _gaussian_kernel1d(radius: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -256,12 +267,12 @@ ALEXNET_WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"
 ALEXNET_WEIGHTS_URL = "https://download.pytorch.org/models/" + ALEXNET_WEIGHTS_FILE
 
 
-class LPIPSWeightsError(RuntimeError):
+class LPIPSWeightsError(UserError):
     """LPIPS cannot run with real weights; the message (one line) names the file and the fix."""
 
 
 class LPIPSWeightsMissing(LPIPSWeightsError):
-    """torchvision's AlexNet weights are not in the torch hub cache (and are never downloaded here)."""
+    """torchvision's AlexNet weights are neither in the torch hub cache nor downloadable."""
 
 
 def alexnet_weights_path() -> Path:
@@ -269,13 +280,44 @@ def alexnet_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_WEIGHTS_FILE
 
 
+def _download(url: str, path: Path, timeout_s: float = 20.0) -> None:
+    """torchvision's own download (to a temporary name, then renamed), with a socket timeout so an offline
+    machine answers at once instead of hanging."""
+    import socket
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(path), progress=False)
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def fetch_alexnet_weights(path: Path | None = None) -> Path:
+    """The AlexNet weights file, as torchvision gets it: from its cache, or downloaded into the cache when
+    the machine is online. LPIPSWeightsMissing (one line naming the file and where to put it) otherwise."""
+    path = Path(path) if path is not None else alexnet_weights_path()
+    if path.is_file():
+        return path
+    try:
+        _download(ALEXNET_WEIGHTS_URL, path)
+    except Exception as e:  # noqa: BLE001 - offline, proxy, disk: every failure means the same to the user
+        reason = " ".join(str(e).split())[:120] or type(e).__name__
+        raise LPIPSWeightsMissing(
+            f"LPIPS needs torchvision's AlexNet weights {ALEXNET_WEIGHTS_FILE}, which are not at {path} and "
+            f"could not be downloaded ({reason}): copy the file there (from {ALEXNET_WEIGHTS_URL}; TORCH_HOME "
+            "moves the cache), or pass --no_lpips to skip LPIPS") from None
+    return path
+
+
 class LPIPSMetric:
     """LPIPS (AlexNet, v0.1) per image: `metric(pred, target)` with (..., 3, H, W) in [0, 1] -> (...).
 
     The linear layers ship with the `lpips` package; the AlexNet trunk is read from `weights_path`
-    (default: torchvision's cache, `alexnet_weights_path()`). A missing file raises
-    `LPIPSWeightsMissing` before anything could try the network: we build the lpips model with a
-    random trunk (pnet_rand=True, so torchvision downloads nothing) and load the file ourselves.
+    (default: torchvision's cache, downloaded there when missing and the machine is online; see
+    fetch_alexnet_weights). Without it, `LPIPSWeightsMissing`: we build the lpips model with a random
+    trunk (pnet_rand=True, so lpips itself fetches nothing) and load the file ourselves, so random
+    weights can never be used by accident.
 
     `_random_backbone_for_tests=True` keeps that random trunk. It exists only so tests can run the code
     path without the file; its numbers are not LPIPS and must never be reported.
@@ -291,14 +333,8 @@ class LPIPSMetric:
     ):
         self.device = torch.device(device)
         self.chunk_size = max(1, int(chunk_size))
-        self.weights_path = Path(weights_path) if weights_path is not None else alexnet_weights_path()
         self.random_backbone = bool(_random_backbone_for_tests)
-        if not self.random_backbone and not self.weights_path.is_file():
-            raise LPIPSWeightsMissing(
-                f"LPIPS needs torchvision's AlexNet weights at {self.weights_path}, which is missing "
-                f"(nothing is downloaded): copy {ALEXNET_WEIGHTS_FILE} there (from {ALEXNET_WEIGHTS_URL}; "
-                f"TORCH_HOME moves the cache) or pass --no_lpips to skip LPIPS"
-            )
+        self.weights_path = None if self.random_backbone else fetch_alexnet_weights(weights_path)
         import lpips  # imported late: it pulls in torchvision
 
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
@@ -319,7 +355,7 @@ class LPIPSMetric:
         except Exception as e:  # noqa: BLE001 - any unreadable file ends in the same one-line message
             raise LPIPSWeightsError(
                 f"cannot read {path} ({type(e).__name__}: {e}); replace it with torchvision's "
-                f"{ALEXNET_WEIGHTS_FILE} or pass --no_lpips to skip LPIPS"
+                f"{ALEXNET_WEIGHTS_FILE}, or pass --no_lpips to skip LPIPS"
             ) from None
         out = {}
         for key, ref in net.state_dict().items():

@@ -1,6 +1,5 @@
-"""What every training script shares: arguments, the run folder, optimiser and schedule, loaders,
-checkpoint/resume, logging. The train scripts stay thin: they build a model and a step function and
-hand them to this module's pieces.
+"""What the train scripts share besides the run folder (utils/run.py): optimiser and schedule (the
+reference's choices, SPEC 9), seeds, the training loader, progress bars.
 
 Exact resume: the shuffle order is a function of (seed, epoch) (DistributedSampler with set_epoch, also
 with one process) and the augmentation of (seed, epoch, index) (see datasets/blur2vid.py); the state
@@ -9,144 +8,41 @@ continues with the same losses an uninterrupted run would give (on CPU).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
-import logging
-import os
+import math
 import random
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from utils.checkpoint import CheckpointError, atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from utils.device import resolve_device
-
-
-# --- arguments ------------------------------------------------------------------------------------
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad command line ends in one line (`error: ...`, exit code 2) like every other
-    user error, instead of the usage block followed by the message."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def add_data_args(parser: argparse.ArgumentParser, dataset_default: str = "Synthetic") -> None:
-    g = parser.add_argument_group("data")
-    g.add_argument("--dataset_name", default=dataset_default, help="a label for logs (the data comes from --metadata_root)")
-    g.add_argument("--metadata_root", required=True, help="dataset root holding metadata.json (or the file itself)")
-    g.add_argument("--data_root", default=None, help="resolve relative paths against this folder instead")
-    g.add_argument("--target_frames", type=int, nargs="+", default=None, help="1-based frames to load (default: all)")
-    g.add_argument("--num_workers", type=int, default=2, help="data loader worker processes")
-
-
-def add_common_args(parser: argparse.ArgumentParser, *, epochs: int = 100, batch_size: int = 8,
-                    lr: float = 5e-4, crop_size: int = 256, val_epoch: int = 5) -> None:
-    g = parser.add_argument_group("training")
-    g.add_argument("--exp_name", required=True, help="run name: everything goes to <checkpoints_dir>/<exp_name>/")
-    g.add_argument("--checkpoints_dir", default="checkpoints")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--epochs", type=int, default=epochs)
-    g.add_argument("--batch_size", type=int, default=batch_size)
-    g.add_argument("--lr", type=float, default=lr, help="Adamax learning rate")
-    g.add_argument("--decay_type", default="step", help="'step' (x0.9 every 3 epochs) or 'step_a_b_c' (milestones)")
-    g.add_argument("--gamma", type=float, default=0.9, help="learning-rate decay factor")
-    g.add_argument("--crop_size", type=int, default=crop_size, help="training crop (square)")
-    g.add_argument("--no_augment", action="store_true", help="train on the images as stored (crop only)")
-    g.add_argument("--val_epoch", type=int, default=val_epoch, help="validate and save every N epochs")
-    g.add_argument("--max_steps", type=int, default=None, help="stop after this many optimiser steps (smoke runs)")
-    g.add_argument("--resume", action="store_true", help="continue from the run's latest training state")
-    g.add_argument("--load_epoch", type=int, default=None, help="continue from the training state of this epoch")
-
-
-def check_eval_loader_args(args) -> None:
-    """--batch_size and --num_workers of the evaluation scripts; one ValueError naming the flag."""
-    if args.batch_size < 1:
-        raise ValueError(f"--batch_size must be >= 1 (got {args.batch_size})")
-    if args.num_workers < 0:
-        raise ValueError(f"--num_workers must be >= 0 (got {args.num_workers})")
-
-
-def validate_common_args(args) -> None:
-    problems = []
-    for name in ("epochs", "batch_size", "val_epoch", "crop_size"):
-        if getattr(args, name) < 1:
-            problems.append(f"--{name} must be >= 1 (got {getattr(args, name)})")
-    if args.lr <= 0:
-        problems.append(f"--lr must be > 0 (got {args.lr})")
-    if args.num_workers < 0:
-        problems.append(f"--num_workers must be >= 0 (got {args.num_workers})")
-    if args.max_steps is not None and args.max_steps < 1:
-        problems.append("--max_steps must be >= 1")
-    parse_decay(args.decay_type)
-    if problems:
-        raise ValueError("; ".join(problems))
-
-
-def parse_decay(decay_type: str):
-    if decay_type == "step":
-        return ("step", 3)
-    if decay_type.startswith("step_"):
-        try:
-            milestones = [int(v) for v in decay_type.split("_")[1:]]
-        except ValueError:
-            milestones = []
-        if milestones and milestones == sorted(milestones):
-            return ("multistep", milestones)
-    raise ValueError(f"--decay_type {decay_type!r}: use 'step' or 'step_a_b_c' with increasing epochs")
+from utils.cli import parse_decay
+from utils.device import out_of_memory_hint
+from utils.distributed import DistInfo
+from utils.errors import FlagError
 
 
 def build_optimizer(params, args) -> torch.optim.Optimizer:
-    # Reference defaults (SPEC 9): Adamax, betas (0.9, 0.999), eps 1e-8, no weight decay.
-    return torch.optim.Adamax(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    """--optimizer with the reference's settings; ADAMax (betas 0.9/0.999, eps 1e-8) is the default."""
+    kind, lr, wd = args.optimizer, args.lr, args.weight_decay
+    if kind == "SGD":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+    if kind == "ADAM":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
+    if kind == "RMSprop":
+        return torch.optim.RMSprop(params, lr=lr, eps=1e-8, weight_decay=wd)
+    if kind == "ADAMax":
+        return torch.optim.Adamax(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
+    raise FlagError(f"--optimizer {kind!r}: use SGD, ADAM, RMSprop or ADAMax")
 
 
 def build_scheduler(optimizer, args):
     """Stepped once per epoch."""
-    kind, value = parse_decay(args.decay_type)
+    kind, value = parse_decay(args.decay_type, args.lr_decay)
     if kind == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=value, gamma=args.gamma)
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=value, gamma=args.gamma)
-
-
-# --- processes and seeds --------------------------------------------------------------------------
-
-class DistInfo:
-    """Rank and world size from torchrun's environment; one process otherwise."""
-
-    def __init__(self):
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_process(device_name: str):
-    """Resolve the device and, under torchrun, join the process group (nccl on CUDA, gloo on CPU)."""
-    dist_info = DistInfo()
-    device = resolve_device(device_name)
-    if dist_info.distributed:
-        import torch.distributed as dist
-        if device.type == "cuda":
-            device = torch.device("cuda", dist_info.local_rank)
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device, dist_info
 
 
 @contextlib.contextmanager
@@ -170,149 +66,42 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class EpochSampler(Sampler):
+    """Wraps a DistributedSampler and yields (epoch, index) keys: the dataset draws its augmentation from
+    the key's epoch, so persistent workers (whose dataset copies never see set_epoch) stay exact."""
+
+    def __init__(self, sampler: DistributedSampler):
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 def make_loader(dataset, batch_size: int, *, train: bool, num_workers: int, seed: int,
                 dist_info: DistInfo | None = None, device: torch.device | None = None) -> DataLoader:
-    """Training loaders shuffle with a (seed, epoch) permutation: call loader.sampler.set_epoch(e)."""
+    """The training loader: a (seed, epoch) permutation split over ranks; call set_epoch(loader, e) before
+    each epoch. The dataset must accept (epoch, index) keys (datasets.blur2vid.Blur2VidDataset does)."""
     dist_info = dist_info or DistInfo()
     sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
                                  shuffle=train, seed=seed, drop_last=False)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(sampler), num_workers=num_workers,
                       drop_last=train and len(dataset) >= batch_size * dist_info.world_size,
                       pin_memory=device is not None and device.type == "cuda",
-                      persistent_workers=False)
+                      persistent_workers=num_workers > 0)
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
+    loader.sampler.set_epoch(epoch)
     if hasattr(loader.dataset, "set_epoch"):
         loader.dataset.set_epoch(epoch)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
-# --- the run folder -------------------------------------------------------------------------------
-
-class Run:
-    """checkpoints/<exp_name>/: args.json, log.txt, TensorBoard events, models/NNNN.pth,
-    training_states/NNNN.pth and latest.pth, and visualisations. Only rank 0 writes."""
-
-    def __init__(self, args, dist_info: DistInfo | None = None):
-        self.dist = dist_info or DistInfo()
-        self.dir = Path(args.checkpoints_dir) / args.exp_name
-        self.models_dir = self.dir / "models"
-        self.states_dir = self.dir / "training_states"
-        self.vis_dir = self.dir / "visualisations"
-        resuming = args.resume or args.load_epoch is not None
-        if self.dist.is_main:
-            used = any(d.exists() and any(d.iterdir()) for d in (self.states_dir, self.models_dir))
-            if not resuming and used:
-                raise FileExistsError(f"{self.dir} already holds a run; pass --resume to continue it "
-                                      "or choose another --exp_name")
-            for d in (self.models_dir, self.states_dir, self.vis_dir):
-                d.mkdir(parents=True, exist_ok=True)
-            # args.json keeps the arguments the run started with; a resume records its own beside it.
-            name = "args_resume.json" if resuming and (self.dir / "args.json").exists() else "args.json"
-            atomic_write_text(self.dir / name, json.dumps(vars(args), indent=2, default=str) + "\n")
-        self.logger = self._make_logger()
-        self._writer = None
-
-    def _make_logger(self) -> logging.Logger:
-        logger = logging.getLogger(f"run.{self.dir}")
-        logger.handlers.clear()
-        logger.propagate = False
-        logger.setLevel(logging.INFO if self.dist.is_main else logging.WARNING)
-        fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
-        out = logging.StreamHandler(sys.stdout)
-        out.setFormatter(fmt)
-        logger.addHandler(out)
-        if self.dist.is_main:
-            fh = logging.FileHandler(self.dir / "log.txt")
-            fh.setFormatter(fmt)
-            logger.addHandler(fh)
-        return logger
-
-    def log(self, msg: str) -> None:
-        self.logger.info(msg)
-
-    @property
-    def writer(self):
-        """TensorBoard writer (rank 0 only; None elsewhere)."""
-        if self._writer is None and self.dist.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-            self._writer = SummaryWriter(log_dir=str(self.dir / "tensorboard"))
-        return self._writer
-
-    def scalars(self, values: dict, step: int) -> None:
-        if self.writer is not None:
-            for k, v in values.items():
-                self.writer.add_scalar(k, float(v), step)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    # checkpoints
-
-    def save_model(self, epoch: int, payload: dict) -> Path | None:
-        if not self.dist.is_main:
-            return None
-        path = self.models_dir / f"{epoch:04d}.pth"
-        save_checkpoint(payload, path)
-        return path
-
-    def save_state(self, epoch: int, payload: dict, numbered: bool) -> None:
-        """The full training state: latest.pth every epoch, NNNN.pth at validation epochs."""
-        if not self.dist.is_main:
-            return
-        payload = dict(payload, rng=rng_state())
-        save_checkpoint(payload, self.states_dir / "latest.pth")
-        if numbered:
-            save_checkpoint(payload, self.states_dir / f"{epoch:04d}.pth")
-
-    def resume_state(self, args) -> dict | None:
-        """The training state to continue from, or None for a fresh run."""
-        if args.load_epoch is not None:
-            path = self.states_dir / f"{args.load_epoch:04d}.pth"
-        elif args.resume:
-            path = self.states_dir / "latest.pth"
-        else:
-            return None
-        if not path.exists():
-            raise CheckpointError(f"no training state to resume at {path}: is --exp_name right? "
-                                  f"(saved states: {sorted(p.name for p in self.states_dir.glob('*.pth')) or 'none'})")
-        return load_checkpoint(path)
-
-
-def restore_training_state(state: dict, model, optimizer, scheduler) -> tuple[int, int]:
-    """Load a saved training state; returns (next epoch, global step)."""
-    for key in ("model", "optimizer", "scheduler", "epoch", "step"):
-        if key not in state:
-            raise CheckpointError(f"training state lacks '{key}': not a state saved by this project's train scripts")
-    try:
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"training state does not fit this model/optimiser (other flags than the "
-                              f"run it came from?): {first[:300]}") from None
-    set_rng_state(state.get("rng"))
-    return int(state["epoch"]) + 1, int(state["step"])
-
-
-def plain_args(args) -> dict:
-    """The arguments as plain values (what torch.load(weights_only=True) can read back)."""
-    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
-
-
-def training_payload(model, optimizer, scheduler, epoch: int, step: int, args, extra: dict) -> dict:
-    return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
-            "args": plain_args(args), **extra}
 
 
 def progress(iterable, dist_info: DistInfo | None = None, **kwargs):
@@ -330,70 +119,218 @@ class Timer:
         return time.perf_counter() - self.start
 
 
-def fail(msg: str, code: int = 2) -> "None":
-    """End a script with one line naming what to fix."""
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(code)
+# --- mixed precision --------------------------------------------------------------------------------
+
+def add_speed_args(parser) -> None:
+    g = parser.add_argument_group("speed")
+    g.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
+                   help="mixed precision of the forward pass (auto: bf16 on CUDA when supported, else off); "
+                        "losses are computed in float32")
+    g.add_argument("--channels_last", action="store_true", help="channels-last memory format (pays on GPUs)")
+    g.add_argument("--skip_nonfinite", type=int, default=0,
+                   help="skip up to N batches whose loss is not finite (default 0: the first one stops the run)")
 
 
-# --- evaluation -----------------------------------------------------------------------------------
-
-def collate_by_size(items: list) -> list:
-    """Evaluation collate: the items of a batch grouped by tensor shapes (val/test images are used at
-    full size, and a dataset may mix sizes), each group collated on its own. Returns a list of batches."""
-    from torch.utils.data import default_collate
-    groups: dict = {}
-    for item in items:
-        key = tuple(tuple(v.shape) for v in item.values() if torch.is_tensor(v))
-        groups.setdefault(key, []).append(item)
-    return [default_collate(group) for group in groups.values()]
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of --amp on this device (None: float32)."""
+    if mode == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if mode == "off":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
 
-def make_eval_loader(dataset, batch_size: int, num_workers: int, device: torch.device | None = None) -> DataLoader:
-    """Val/test loader on one process: every item once, in dataset order; yields lists of batches
-    (see collate_by_size)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=collate_by_size, pin_memory=device is not None and device.type == "cuda")
+class Amp:
+    """autocast for the forward pass and, with float16, a GradScaler whose state is saved with the run.
+    Call `amp()` for the context: `with amp(): pred = model(x)`; compute the loss outside it, in float32."""
+
+    def __init__(self, mode: str, device: torch.device):
+        self.device = device
+        self.dtype = amp_dtype(mode, device)
+        self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
+
+    def __call__(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def __str__(self) -> str:
+        return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
 
-@torch.no_grad()
-def hypercut_scores(model, loader: DataLoader, device: torch.device, desc: str = "scoring") -> torch.Tensor:
-    """Hyperplane scores (N, 6) of every sequence of an eval loader (make_eval_loader) in dataset
-    order: h(d1), h(dbar1), h(d2), h(dbar2), h(d3), h(dbar3) (SPEC 4). Runs the model in eval mode,
-    in float32, and leaves the global RNG as it was (validation must not shift a training run)."""
-    model = unwrap(model)
-    was_training = model.training
-    model.eval()
-    scores = torch.full((len(loader.dataset), 6), float("nan"), dtype=torch.float32)
-    with torch.random.fork_rng(devices=[]):
-        for batches in progress(loader, desc=desc, unit="batch", leave=False):
-            for batch in batches:
-                _, s = model(batch["frames"].to(device, non_blocking=True))
-                scores[batch["index"]] = s.float().cpu()
-    model.train(was_training)
-    return scores
+class NonFiniteLoss(FlagError):
+    """A training loss that is not finite: the run stops (the last good checkpoint is kept)."""
 
 
-def error_line(exc: BaseException) -> str:
-    """One line for a user-facing error. Errors raised in DataLoader workers come back with the worker's
-    traceback in the message: keep only its last line, without the exception's class name."""
-    msg = str(exc).strip()
-    if "Original Traceback" in msg:
-        last = msg.splitlines()[-1].strip()
-        head, sep, tail = last.partition(": ")
-        msg = tail if sep and "Error" in head.split(".")[-1] else last
-    return " ".join(msg.split()) or type(exc).__name__
+class NonFiniteWeights(FlagError):
+    """Weights that stopped being finite although every loss was: nothing is saved from them."""
 
 
-def run_training_main(build_parser, check_args, train, argv=None) -> int:
-    """The train scripts' main(): parse, check, train; a user's mistake ends in one error line."""
-    from datasets.metadata import MetadataError
-    args = build_parser().parse_args(argv)
-    try:
-        check_args(args)
-        train(args)
-    except (MetadataError, CheckpointError, FileExistsError, ValueError) as e:
-        fail(error_line(e))
-    except KeyboardInterrupt:
-        fail("interrupted; continue with --resume (from the last finished epoch)", code=130)
-    return 0
+def _check_weights(model, step: int, epoch: int) -> None:
+    """Before anything is saved: every floating-point weight and buffer is finite (one host sync). An
+    optimiser step can overflow the weights (a huge --lr or --weight_decay) with every loss finite, and the
+    last step of a run has no next loss to show it."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteWeights(f"the model's weights became non-finite by step {step} (epoch {epoch}; "
+                               f"{bad[0]}{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}) although every "
+                               "loss was finite; nothing was saved from them and the last saved state is kept: "
+                               "lower --lr or --weight_decay")
+
+
+# --- the one training loop --------------------------------------------------------------------------
+
+def fit(args, *, model, train_set, val_set, step_fn, validate_fn, fields: dict, run, device, dist_info,
+        on_display=None, log_model: str = "") -> dict:
+    """Train `model` for args.epochs epochs (or args.max_steps steps); the loop of both train scripts.
+
+    step_fn(model, batch, amp) -> (loss, {name: term}) computes one batch's loss (the model call under
+        `with amp():`, the loss in float32; model is the DDP wrapper when distributed).
+    validate_fn(model, epoch) -> {name: figure}; called on every rank, must reduce over ranks.
+    fields: what the script saves beside the weights (backbone description, HyperCUT config); a resumed
+        state must hold the same.
+    on_display(step): called on rank 0 every args.display_step steps (visualisations).
+
+    Handles resume (model, optimiser, scheduler, GradScaler, RNG), DDP, AMP, the schedule (stepped once per
+    complete epoch), validation and model saving every --val_epoch epochs and at the end, training states
+    (latest.pth each complete epoch, NNNN.pth at validation epochs), logging every --train_step steps, and
+    non-finite losses (stop, naming the step and the term; or --skip_nonfinite N batches).
+    Returns {"losses": [per-step total], "terms": [per-step terms], "val": {epoch: figures}} of this call.
+    """
+    amp = Amp(args.amp, device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], args)
+    scheduler = build_scheduler(optimizer, args)
+
+    from utils.checkpoint import CheckpointError
+    from utils.run import restore_training_state, training_payload, plain_args
+    start_epoch, step = 1, 0
+    state = run.resume_state(args)
+    if state is not None:
+        for key, value in fields.items():
+            if key != "input_convention" and state.get(key) != value:
+                raise CheckpointError(f"the training state was made with {key} {state.get(key)}, but the flags "
+                                      f"ask for {value}")
+        start_epoch, step = restore_training_state(state, model, optimizer, scheduler)
+        if amp.scaler is not None and state.get("grad_scaler"):
+            amp.scaler.load_state_dict(state["grad_scaler"])
+        run.log(f"resumed from epoch {start_epoch - 1} (step {step})")
+
+    net = model
+    if dist_info.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    loader = make_loader(train_set, args.batch_size, train=True, num_workers=args.num_workers, seed=args.seed,
+                         dist_info=dist_info, device=device)
+    run.log(f"{log_model}; train {len(train_set)} sequences ({len(loader)} steps/epoch, batch {args.batch_size}"
+            f"{f' x {dist_info.world_size} processes' if dist_info.distributed else ''}), val {len(val_set)}; "
+            f"device {device}, amp {amp}, epochs {start_epoch}..{args.epochs}")
+
+    def extra():
+        return {**fields, **({"grad_scaler": amp.scaler.state_dict()} if amp.scaler is not None else {})}
+
+    history = {"losses": [], "terms": [], "val": {}}
+    timer, skipped, epoch = Timer(), 0, start_epoch - 1
+    per_step_check = device.type != "cuda" or args.skip_nonfinite > 0  # a host sync: free on the CPU
+    for epoch in range(start_epoch, args.epochs + 1):
+        set_epoch(loader, epoch)
+        net.train()
+        epoch_timer, steps, stopped, names = Timer(), [], False, None
+        for batch in progress(loader, dist_info, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False):
+            with out_of_memory_hint(lambda: f"training a batch of {args.batch_size} crops of {args.crop_size}x"
+                                            f"{args.crop_size} on {device}: lower --batch_size or --crop_size"):
+                loss, terms = step_fn(net, batch, amp)
+            values = torch.stack([t.detach().float() for t in terms.values()])
+            names = list(terms)
+            if per_step_check and not _all_finite(values, dist_info):
+                bad = [n for n, v in zip(names, values.tolist()) if not math.isfinite(v)] or ["(on another rank)"]
+                if skipped < args.skip_nonfinite:
+                    skipped += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    run.log(f"step {step + 1}: loss term(s) {', '.join(bad)} not finite; batch skipped "
+                            f"({skipped} of --skip_nonfinite {args.skip_nonfinite})")
+                    continue
+                raise NonFiniteLoss(f"the loss term(s) {', '.join(bad)} became non-finite at step {step + 1} "
+                                    f"(epoch {epoch}); the run stopped and its last saved state is kept: lower "
+                                    "--lr, check the data, or pass --skip_nonfinite N to skip such batches")
+            optimizer.zero_grad(set_to_none=True)
+            with out_of_memory_hint(lambda: f"training a batch of {args.batch_size} crops of {args.crop_size}x"
+                                            f"{args.crop_size} on {device}: lower --batch_size or --crop_size"):
+                if amp.scaler is not None:
+                    amp.scaler.scale(loss).backward()
+                    amp.scaler.step(optimizer)
+                    amp.scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+            step += 1
+            steps.append(values)
+            if step % args.train_step == 0:
+                _log_interval(run, names, steps[-args.train_step:], step, optimizer)
+            if on_display is not None and args.display_step and step % args.display_step == 0 and dist_info.is_main:
+                on_display(step)
+            if args.max_steps is not None and step >= args.max_steps:
+                stopped = True
+                break
+        if steps:
+            per_step = torch.stack(steps).double().cpu()  # the epoch's one host sync
+            if not _all_finite(per_step, dist_info):
+                bad_rows = (~torch.isfinite(per_step)).any(1).nonzero()
+                row = int(bad_rows[0]) if len(bad_rows) else len(steps) - 1
+                bad = [n for n, v in zip(names, per_step[row].tolist()) if not math.isfinite(v)] or ["(on another rank)"]
+                raise NonFiniteLoss(f"the loss term(s) {', '.join(bad)} became non-finite at step "
+                                    f"{step - len(steps) + row + 1} (epoch {epoch}); the run stopped and its "
+                                    "last saved state is kept: lower --lr or check the data")
+            history["losses"] += per_step[:, names.index("total") if "total" in names else 0].tolist()
+            history["terms"] += [dict(zip(names, row)) for row in per_step.tolist()]
+            means = dict(zip(names, per_step.mean(0).tolist()))
+        else:
+            means = {}
+        run.log(f"epoch {epoch}/{args.epochs} | step {step} | " + " | ".join(f"{k} {v:.5f}" for k, v in means.items())
+                + f" | lr {optimizer.param_groups[0]['lr']:.3g} | {epoch_timer.elapsed():.1f} s "
+                  f"(total {timer.elapsed():.1f} s)" + (f" | {skipped} batches skipped" if skipped else ""))
+        _check_weights(model, step, epoch)
+        complete = not stopped or len(steps) + skipped == len(loader)
+        if complete:
+            scheduler.step()  # once per epoch
+        last = stopped or epoch == args.epochs
+        if epoch % args.val_epoch == 0 or last:
+            figures = validate_fn(net, epoch)
+            history["val"][epoch] = figures
+            run.scalars({f"val/{k}": v for k, v in figures.items()}, step)
+            run.log(f"val epoch {epoch} | " + " | ".join(f"{k} {v:.4f}" for k, v in figures.items()))
+            path = run.save_model(epoch, {"model": model.state_dict(), "epoch": epoch, "step": step,
+                                          "args": plain_args(args), **fields})
+            if path is not None:
+                run.log(f"saved {path}")
+        if complete:
+            run.save_state(epoch, training_payload(model, optimizer, scheduler, epoch, step, args, extra()),
+                           numbered=epoch % args.val_epoch == 0 or last)
+        else:  # a state from the middle of an epoch could not resume exactly: keep the last full epoch's
+            run.log(f"stopped in epoch {epoch} after --max_steps {args.max_steps} steps; "
+                    "no training state saved for this partial epoch")
+        if stopped:
+            break
+    run.log(f"done: epoch {epoch}, step {step}, {timer.elapsed():.1f} s")
+    run.close()
+    return history
+
+
+def _all_finite(values: torch.Tensor, dist_info) -> bool:
+    """Whether every value is finite on every rank (ranks must agree, or one would wait forever)."""
+    ok = torch.isfinite(values).all().to(torch.int32)
+    if dist_info.distributed:
+        import torch.distributed as dist
+        if dist.get_backend() == "nccl":
+            ok = ok.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok)
+
+
+def _log_interval(run, names, values, step, optimizer) -> None:
+    """TensorBoard scalars: the mean of each term over the last --train_step steps, and the lr."""
+    if run.writer is None:
+        return
+    mean = torch.stack(values).mean(0).tolist()
+    run.scalars({**{f"train/{k}": v for k, v in zip(names, mean)}, "train/lr": optimizer.param_groups[0]["lr"]}, step)

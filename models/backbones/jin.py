@@ -262,20 +262,28 @@ class JinBackbone(nn.Module):
         table = {n: dict(prefixes) for n, _, prefixes in OFFICIAL_FILES}
         return table if name is None else table[name]
 
-    def forward(self, blur: torch.Tensor) -> torch.Tensor:
+    def forward(self, blur: torch.Tensor, center: torch.Tensor | None = None) -> dict:
+        """The backbone contract (models/__init__.py): {"frames": (B, 7, 3, H, W), "center": frame 4}.
+        center: a central frame (B, 3, H, W) to use instead of the middle network's (an oracle centre)."""
         if blur.dim() != 4 or blur.shape[1] != 3:
             raise ValueError(f"JinBackbone expects (B, 3, H, W) images, got shape {tuple(blur.shape)}")
+        if center is not None and center.shape != blur.shape:
+            raise ValueError(f"center {tuple(center.shape)} and blur {tuple(blur.shape)} differ in shape")
         h, w = blur.shape[-2:]
         b = _pad_to_multiple(self.input_convention.to_network(blur, channel_dim=1), SIZE_MULTIPLE)
-        x4 = self.center(b)
+        if center is None:
+            x4 = self.center(b)
+        else:
+            x4 = _pad_to_multiple(self.input_convention.to_network(center, channel_dim=1), SIZE_MULTIPLE)
         x3 = self.frame3(b, x4, x4) + x4
         x5 = self.frame5(b, x3, x4) + x4
         x2 = self.frame26(b, x4, x3) + x3
         x6 = self.frame26(b, x4, x5) + x5
         x1 = self.frame17(b, x3, x2) + x2
         x7 = self.frame17(b, x5, x6) + x6
-        frames = torch.stack([x1, x2, x3, x4, x5, x6, x7], dim=1)[..., :h, :w]
-        return self.input_convention.from_network(frames, channel_dim=2)
+        frames = self.input_convention.from_network(torch.stack([x1, x2, x3, x4, x5, x6, x7], dim=1)[..., :h, :w],
+                                                    channel_dim=2)
+        return {"frames": frames, "center": frames[:, 3]}
 
     # --- official files ---------------------------------------------------------------------
     def official_state_dicts(self) -> dict:

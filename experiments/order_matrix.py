@@ -1,0 +1,451 @@
+"""Issue 11's whole experiment in one command: dataset, HyperCUTs, direction probe, deblurring matrix.
+
+  python experiments/order_matrix.py --out $OUT                 # one GPU (H100), 16 cores: about 7 min
+  python experiments/order_matrix.py --tiny --out /tmp/om       # every stage at a tiny scale, on CPU
+  ORDER_MATRIX_OUT=results/om python experiments/order_matrix.py
+
+Stages (each one of the project's commands, run as a subprocess with its log in OUT/logs/):
+  data       prepare_dataset.py synthetic (the embedded dataset, with recorded motion) and
+             generate_order.py --oracle
+  hypercut   train_hypercut.py for every variant in HYPERCUTS (the paper's demo HyperCUT and our
+             extensions), then test_hypercut.py and generate_order.py with each
+  probe      probe_order.py on 64x64 crops and on full images: stored, oracle and every HyperCUT
+  deblur     train_blur2vid.py + test_blur2vid.py for every row of the matrix, at every budget:
+             naive on the stored (random) order, order_inv, pit, naive on the oracle order, and per
+             HyperCUT variant naive on its order and the hypercut loss with alpha 0, 0.02, 0.2
+  report     OUT/matrix.json and OUT/matrix.md: per-frame pPSNR/pSSIM, hit/con of the predictions,
+             which order the predictions follow (utils/order_eval.py: is R gamed?), the last epoch's
+             loss terms; OUT/probe*.json; figures (per-frame plot, probe plot)
+
+Up to --jobs commands run at once (trainings share the one GPU); the list is in priority order. No
+command is started after --launch_deadline seconds and running ones are stopped at --deadline; the
+report is written from whatever finished. Running the same command again (same --work) skips what is
+done and resumes stopped trainings from their last epoch. Data and checkpoints live in --work
+(default runs/order_matrix, or runs/order_matrix_tiny), only results and logs in --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# HyperCUT variants: flags of train_hypercut.py and the number of epochs (the final checkpoint).
+HYPERCUTS = {
+    # the paper's model with the demo's settings (README, run_demo.py)
+    "paper": (["--crop_size", "64", "--batch_size", "8", "--lr", "5e-5", "--decay_type", "step_12_18_22",
+               "--gamma", "0.5", "--val_epoch", "4"], 24),
+    # our extension (docs/ordering.md): f reads a global motion estimate, 4 sub-crops must agree
+    "ext": (["--f_func", "FlowIm2Vec", "--crop_size", "128", "--subcrop_size", "64", "--subcrops", "4",
+             "--crop_consistency", "2.0", "--batch_size", "8", "--lr", "1e-3", "--decay_type", "step_6",
+             "--gamma", "0.5", "--val_epoch", "4"], 8),
+    # ablations, for the probe table only
+    "flow": (["--f_func", "FlowIm2Vec", "--crop_size", "64", "--batch_size", "8", "--lr", "1e-3",
+              "--decay_type", "step_6", "--gamma", "0.5", "--val_epoch", "4"], 8),
+    "corr_crop": (["--f_func", "CorrIm2Vec", "--crop_size", "128", "--subcrop_size", "64", "--subcrops", "4",
+                   "--crop_consistency", "2.0", "--batch_size", "8", "--lr", "1e-3", "--decay_type", "step_8",
+                   "--gamma", "0.5", "--val_epoch", "4"], 12),
+    "motion_crop": (["--f_func", "MotionIm2Vec", "--crop_size", "128", "--subcrop_size", "64", "--subcrops", "2",
+                     "--crop_consistency", "1.0", "--batch_size", "8", "--lr", "1e-3", "--decay_type", "step_3",
+                     "--gamma", "0.5", "--val_epoch", "4"], 4),
+    "paper_crop": (["--crop_size", "128", "--subcrop_size", "64", "--subcrops", "2", "--crop_consistency", "1.0",
+                    "--batch_size", "8", "--lr", "5e-5", "--decay_type", "step_12_18_22", "--gamma", "0.5",
+                    "--val_epoch", "4"], 24),
+    "paper_slope02": (["--slope", "0.2", "--crop_size", "64", "--batch_size", "8", "--lr", "5e-5",
+                       "--decay_type", "step_12_18_22", "--gamma", "0.5", "--val_epoch", "4"], 24),
+}
+MATRIX_HYPERCUTS = ("paper", "ext")  # the variants that get deblurring rows
+
+# Budgets of the deblurring matrix: train_blur2vid.py flags and epochs. At the demo budget every
+# network is still worse than returning the blurry image as every frame (docs/ordering.md), so a
+# longer and a much longer one follow; the much longer one only for the rows that matter most.
+BUDGETS = {
+    "demo": (["--width_mult", "0.25", "--crop_size", "64", "--batch_size", "8", "--val_epoch", "4"], 12),
+    "long": (["--width_mult", "0.25", "--crop_size", "64", "--batch_size", "8", "--val_epoch", "12"], 48),
+    "xlong": (["--width_mult", "0.25", "--crop_size", "64", "--batch_size", "8", "--val_epoch", "40"], 120),
+}
+XLONG_ROWS = ("naive", "order_inv", "oracle", "hcloss_ext_a0")
+# The rows that start first: the longest runs of the most informative rows, then the demo budget's
+# key rows, then everything else (a run stopped by the deadline resumes on the next invocation).
+KEY_ROWS = ("naive", "order_inv", "oracle", "pit", "hcloss_ext_a0", "naive_hc_ext", "naive_hc_paper",
+            "hcloss_paper_a0.2")
+
+TINY = {
+    "dataset": ["--size", "64", "--num_train", "12", "--num_val", "4", "--num_test", "4"],
+    "hypercut": ["--crop_size", "48", "--batch_size", "4", "--max_steps", "2", "--val_epoch", "1"],
+    "hypercut_crop": ["--crop_size", "64", "--subcrop_size", "48", "--batch_size", "4", "--max_steps", "2",
+                      "--val_epoch", "1"],
+    "jin": ["--width_mult", "0.125", "--crop_size", "40", "--batch_size", "4", "--max_steps", "2", "--val_epoch", "1"],
+    "probe": ["--crop_size", "48", "--train_crops", "2", "--test_crops", "2", "--steps", "3", "6", "--batch_size", "8"],
+}
+
+ROWS = ("naive", "order_inv", "pit", "oracle")  # the order-free rows; HyperCUT rows are added per variant
+ALPHAS = ("0", "0.02", "0.2")
+
+
+class Job:
+    def __init__(self, name, script, args, done: Path, deps=(), resumable: Path | None = None):
+        self.name, self.script, self.args, self.done, self.deps = name, script, [str(a) for a in args], done, set(deps)
+        self.resumable = resumable  # a training state: relaunch with --resume when it exists
+        self.proc = self.log = None
+        self.state = "done" if done.exists() else "waiting"
+        self.seconds = None
+
+    def command(self) -> list:
+        extra = ["--resume"] if self.resumable is not None and self.resumable.exists() else []
+        return [sys.executable, self.script] + self.args + extra
+
+
+def build_jobs(args, work: Path, out: Path) -> list:
+    data, ck, res = work / "data", work / "checkpoints", out / "results"
+    tiny = args.tiny
+    device = ["--device", args.device]
+    workers = ["--num_workers", str(args.num_workers)]
+    jobs = [Job("data", "prepare_dataset.py",
+                ["synthetic", "--out", data, "--workers", str(args.data_workers), "--overwrite"] + (TINY["dataset"] if tiny else []),
+                data / "metadata.json"),
+            Job("oracle_order", "generate_order.py", ["--metadata_root", data, "--oracle", "--overwrite",
+                                                      "--save_path", data / "metadata_oracle.json"],
+                data / "metadata_oracle.json", deps=["data"])]
+
+    def hc_ckpt(v):
+        epochs = 1 if tiny else HYPERCUTS[v][1]
+        return ck / f"hc_{v}" / "models" / f"{epochs:04d}.pth"
+
+    variants = [v for v in HYPERCUTS if v in MATRIX_HYPERCUTS or args.ablations]
+    for v in variants:
+        flags, epochs = HYPERCUTS[v]
+        if tiny:
+            keep = [f for f in ("--f_func", "--crop_consistency") if f in flags]
+            flags = [x for f in keep for x in (f, flags[flags.index(f) + 1])]
+            flags += TINY["hypercut_crop"] if "--subcrop_size" in HYPERCUTS[v][0] else TINY["hypercut"]
+            epochs = 1
+        jobs.append(Job(f"hc_{v}", "train_hypercut.py",
+                        ["--metadata_root", data, "--exp_name", f"hc_{v}", "--checkpoints_dir", ck, "--epochs", epochs]
+                        + flags + device + workers, hc_ckpt(v), deps=["data"],
+                        resumable=ck / f"hc_{v}" / "training_states" / "latest.pth"))
+        jobs.append(Job(f"hctest_{v}", "test_hypercut.py",
+                        ["--metadata_root", data, "--pretrained_path", hc_ckpt(v), "--output_json",
+                         res / f"hypercut_{v}.json"] + device, res / f"hypercut_{v}.json", deps=[f"hc_{v}"]))
+        if v in MATRIX_HYPERCUTS:
+            jobs.append(Job(f"order_{v}", "generate_order.py",
+                            ["--metadata_root", data, "--pretrained_path", hc_ckpt(v), "--overwrite",
+                             "--save_path", data / f"metadata_hc_{v}.json"] + device,
+                            data / f"metadata_hc_{v}.json", deps=[f"hc_{v}"]))
+
+    probe_common = (TINY["probe"] if tiny else []) + device
+    hc_paths = [hc_ckpt(v) for v in variants]
+    for name, crop in (("probe", []), ("probe_full", ["--crop_size", "0"])):
+        if tiny and crop:
+            continue
+        jobs.append(Job(name, "probe_order.py",
+                        ["--metadata_root", data, "--hypercut_path"] + hc_paths + crop + probe_common
+                        + ["--output_json", res / f"{name}.json"], res / f"{name}.json",
+                        deps=["data"] + [f"hc_{v}" for v in variants]))
+    for v in MATRIX_HYPERCUTS:  # HyperCUT's full-image order (what generate_order writes) as seen by the probe
+        jobs.append(Job(f"probe_order_{v}", "probe_order.py",
+                        ["--metadata_root", data / f"metadata_hc_{v}.json", "--sources", "stored"] + probe_common
+                        + ["--output_json", res / f"probe_order_{v}.json"], res / f"probe_order_{v}.json",
+                        deps=[f"order_{v}"]))
+
+    rows = []  # (row name, metadata, loss flags, deps, hypercut used for hit)
+    rows.append(("naive", data, ["--loss_type", "naive"], ["data"], "paper"))
+    rows.append(("order_inv", data, ["--loss_type", "order_inv"], ["data"], "paper"))
+    rows.append(("pit", data, ["--loss_type", "pit"], ["data"], "paper"))
+    rows.append(("oracle", data / "metadata_oracle.json", ["--loss_type", "naive"], ["oracle_order"], "paper"))
+    for v in MATRIX_HYPERCUTS:
+        rows.append((f"naive_hc_{v}", data / f"metadata_hc_{v}.json", ["--loss_type", "naive"], [f"order_{v}"], v))
+        for a in ALPHAS:
+            rows.append((f"hcloss_{v}_a{a}", data, ["--loss_type", "hypercut", "--hypercut_path", hc_ckpt(v),
+                                                    "--alpha", a], [f"hc_{v}"], v))
+    # priority: the demo budget's key rows first, then the rest, then the long budget
+    ordered = [("xlong", r) for r in rows if r[0] in XLONG_ROWS] + \
+              [("demo", r) for r in rows if r[0] in KEY_ROWS] + \
+              [("long", r) for r in rows if r[0] in KEY_ROWS] + \
+              [("demo", r) for r in rows if r[0] not in KEY_ROWS] + \
+              [("long", r) for r in rows if r[0] not in KEY_ROWS]
+    for budget, (row, meta, loss, deps, hc) in ordered:
+        flags, epochs = BUDGETS[budget]
+        if tiny:
+            flags, epochs = TINY["jin"], 1
+        exp = f"jin_{budget}_{row}"
+        model = ck / exp / "models" / f"{epochs:04d}.pth"
+        jobs.append(Job(exp, "train_blur2vid.py",
+                        ["--metadata_root", meta, "--exp_name", exp, "--checkpoints_dir", ck, "--backbone", "Jin",
+                         "--epochs", epochs, "--display_step", "0"] + loss + flags + device + workers, model, deps=deps,
+                        resumable=ck / exp / "training_states" / "latest.pth"))
+        jobs.append(Job(f"eval_{budget}_{row}", "test_blur2vid.py",
+                        ["--metadata_root", data, "--pretrained_path", model, "--no_lpips", "--hypercut_path",
+                         hc_ckpt(hc), "--batch_size", "10", "--output_json", res / f"{exp}.json"] + device,
+                        res / f"{exp}.json", deps=[exp, f"hc_{hc}"]))
+    return jobs
+
+
+def run_jobs(jobs: list, args, out: Path) -> None:
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
+    by_name = {j.name: j for j in jobs}
+    status_every, last_status = 30.0, 0.0
+    while True:
+        now = time.time() - start
+        running = [j for j in jobs if j.state == "running"]
+        for j in running:
+            rc = j.proc.poll()
+            if rc is None and now > args.deadline:
+                j.proc.terminate()
+                try:
+                    j.proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    j.proc.kill()
+                rc = "stopped"
+            if rc is not None:
+                j.log.close()
+                j.seconds = time.time() - j.started
+                j.state = "done" if rc == 0 and j.done.exists() else ("stopped" if rc == "stopped" else "failed")
+                print(f"[{now:6.0f} s] {j.state}: {j.name} ({j.seconds:.0f} s){'' if j.state == 'done' else ', see ' + str(logs / (j.name + '.log'))}",
+                      flush=True)
+        for j in jobs:  # a job whose dependency failed or was stopped cannot run
+            if j.state == "waiting" and any(by_name[d].state in ("failed", "stopped", "skipped") for d in j.deps):
+                j.state = "skipped"
+        running = [j for j in jobs if j.state == "running"]
+        if now < args.launch_deadline:
+            for j in jobs:
+                if len(running) >= args.jobs:
+                    break
+                if j.state == "waiting" and all(by_name[d].state == "done" for d in j.deps):
+                    j.log = open(logs / f"{j.name}.log", "a")
+                    cmd = j.command()
+                    j.log.write(f"$ {shlex.join(cmd)}\n")
+                    j.log.flush()
+                    j.proc = subprocess.Popen(cmd, cwd=REPO, stdout=j.log, stderr=subprocess.STDOUT, env=env)
+                    j.started, j.state = time.time(), "running"
+                    running.append(j)
+        else:
+            for j in jobs:
+                if j.state == "waiting":
+                    j.state = "skipped"
+        if not running and not any(j.state == "waiting" for j in jobs):
+            break
+        if now - last_status > status_every:
+            last_status = now
+            counts = {s: sum(j.state == s for j in jobs) for s in ("done", "running", "waiting", "failed", "skipped")}
+            print(f"[{now:6.0f} s] " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
+        time.sleep(0.5)
+    print(f"jobs finished after {time.time() - start:.0f} s: "
+          + ", ".join(f"{s} {sum(j.state == s for j in jobs)}" for s in ("done", "failed", "stopped", "skipped")), flush=True)
+
+
+def last_epoch_terms(log_path: Path) -> dict:
+    """The loss terms of the last 'epoch N/M | ...' line of a train_blur2vid.py log.txt."""
+    terms = {}
+    if log_path.exists():
+        for line in log_path.read_text().splitlines():
+            if " | step " in line and "epoch " in line and "val epoch" not in line:
+                parts = [p.strip() for p in line.split("|")]
+                terms = {k: float(v) for k, v in (p.split(" ", 1) for p in parts[2:] if p.count(" ") == 1)
+                         if k not in ("lr",) and _is_float(v)}
+    return terms
+
+
+def _is_float(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
+
+
+def order_analysis(work: Path, res: Path, tiny: bool, device_name: str) -> dict:
+    """utils.order_eval figures of every finished deblurring model, with each matrix HyperCUT."""
+    import torch
+    from datasets.blur2vid import Blur2VidDataset
+    from models import load_backbone
+    from models.hypercut import load_hypercut
+    from utils.device import resolve_device
+    from utils.order_eval import order_figures
+    from utils.evaluation import make_eval_loader
+    device = resolve_device(device_name)
+    data, ck = work / "data", work / "checkpoints"
+    loader = make_eval_loader(Blur2VidDataset(data, "test", augment=None), 20, 2 if device.type == "cuda" else 0, device)
+    hcs = {}
+    for v in MATRIX_HYPERCUTS:
+        path = ck / f"hc_{v}" / "models" / f"{1 if tiny else HYPERCUTS[v][1]:04d}.pth"
+        if path.exists():
+            hcs[v] = load_hypercut(path, map_location=device)
+    out = {}
+    for result in sorted(res.glob("jin_*.json")):
+        exp = result.stem
+        models = sorted((ck / exp / "models").glob("*.pth"))
+        if not models:
+            continue
+        model = load_backbone(models[-1], map_location=device)
+        with torch.no_grad():
+            out[exp] = order_figures(model, loader, device, hcs)
+    return out
+
+
+FIGURE_ROWS = ("naive", "order_inv", "pit", "oracle", "naive_hc_paper", "naive_hc_ext", "hcloss_ext_a0")
+
+
+def sequence_figures(work: Path, out: Path, device_name: str, indices=(0, 1, 2)) -> None:
+    """Contact sheets and GIFs (utils.figures.method_figures) of a few test sequences, demo budget. In
+    each GIF: ground truth, then the rows of FIGURE_ROWS that finished, left to right."""
+    from datasets.blur2vid import Blur2VidDataset
+    from models import load_backbone
+    from utils.device import resolve_device
+    from utils.figures import method_figures
+    device = resolve_device(device_name)
+    models = {}
+    for row in FIGURE_ROWS:
+        found = sorted((work / "checkpoints" / f"jin_demo_{row}" / "models").glob("*.pth"))
+        if found:
+            models[row] = load_backbone(found[-1], map_location=device)
+    dataset = Blur2VidDataset(work / "data", "test", augment=None)
+    if models:
+        method_figures(models, dataset, [i for i in indices if i < len(dataset)], out / "figures", device)
+        print("figures: " + str(out / "figures") + " (GIF columns: ground truth, " + ", ".join(models) + ")")
+
+
+def write_report(args, work: Path, out: Path, jobs: list) -> None:
+    from utils.figures import per_frame_plot, probe_plot
+    from utils.report import markdown_table, write_json
+    from utils.checkpoint import atomic_write_text
+    res = out / "results"
+    lines = ["# Order matrix (experiments/order_matrix.py)", "",
+             f"Mode {'tiny' if args.tiny else 'full'}, device {args.device}; budgets: "
+             + ("tiny (" + " ".join(TINY["jin"]) + ")" if args.tiny else
+                "; ".join(f"{b}: {' '.join(f)} --epochs {e}" for b, (f, e) in BUDGETS.items())), ""]
+    hc_rows = []
+    for v in HYPERCUTS:
+        p = res / f"hypercut_{v}.json"
+        if p.exists():
+            r = json.loads(p.read_text())
+            hc_rows.append([v] + [r.get(k) for k in ("hit", "hit_x2_x6", "hit_x3_x5", "con@2", "con@3")])
+    if hc_rows:
+        lines += ["## HyperCUT variants, test split", "",
+                  markdown_table(["variant", "hit", "hit_x2_x6", "hit_x3_x5", "con@2", "con@3"], hc_rows, 3), ""]
+    probes = {}
+    for name in ["probe", "probe_full"] + [f"probe_order_{v}" for v in MATRIX_HYPERCUTS]:
+        p = res / f"{name}.json"
+        if p.exists():
+            r = json.loads(p.read_text())
+            probes[name] = r
+            lines += [f"## Direction probe: {name} ({'full images' if not r['crop_size'] else str(r['crop_size']) + ' crops'}"
+                      f", {r['num_train_crops']} / {r['num_test_crops']} crops)", "",
+                      markdown_table(["steps"] + r["sources"], [[s] + a for s, a in zip(r["steps"], r["agreement"])], 3)]
+            if r.get("hypercut_on_test_crops"):
+                lines += ["", "on held-out crops: " + "; ".join(f"{k}: hit {v['hit']:.3f}, crop agreement {v['crop_agreement']:.3f}, motion rule {v['motion_rule']:.3f}" for k, v in r["hypercut_on_test_crops"].items())]
+            lines.append("")
+    if "probe" in probes:
+        r = probes["probe"]
+        probe_plot(r["steps"], {s: [a[i] for a in r["agreement"]] for i, s in enumerate(r["sources"])},
+                   out / "probe.png", title="direction probe, 64x64 crops, held-out")
+    analysis = order_analysis(work, res, args.tiny, args.device)
+    matrix, table, series = {}, [], {}
+    import torch
+    from datasets.blur2vid import Blur2VidDataset
+    from utils.device import resolve_device
+    from utils.order_eval import blur_baseline
+    from utils.evaluation import make_eval_loader
+    blur = blur_baseline(make_eval_loader(Blur2VidDataset(work / "data", "test", augment=None), 20, 0),
+                         resolve_device(args.device))
+    matrix["blur"] = {"row": "blur (every frame = the blurry image)", **blur,
+                      "pPSNR_1_7": 0.5 * (blur["pPSNR"][0] + blur["pPSNR"][-1])}
+    table.append(["-", "blur as every frame", matrix["blur"]["pPSNR_1_7"], blur["pPSNR"][3], blur["pPSNR_mean"],
+                  blur["pSSIM_mean"]] + [None] * 7)
+    series["blur as every frame"] = blur["pPSNR"]
+    for budget in BUDGETS:
+        for result in sorted(res.glob(f"jin_{budget}_*.json")):
+            exp = result.stem
+            r = json.loads(result.read_text())
+            row = exp[len(f"jin_{budget}_"):]
+            terms = last_epoch_terms(work / "checkpoints" / exp / "log.txt")
+            entry = {"budget": budget, "row": row, "pPSNR": r["pPSNR"], "pSSIM": r["pSSIM"],
+                     "pPSNR_mean": r["pPSNR_mean"], "pSSIM_mean": r["pSSIM_mean"],
+                     "pPSNR_1_7": 0.5 * (r["pPSNR"][0] + r["pPSNR"][-1]), "PSNR_mean": r["PSNR_mean"],
+                     "hit": r.get("hit"), "con@3": r.get("con@3"), "hypercut_path": r.get("hypercut_path"),
+                     "last_epoch_terms": terms, "order": analysis.get(exp, {})}
+            matrix[exp] = entry
+            oa = entry["order"]
+            table.append([budget, row, entry["pPSNR_1_7"], r["pPSNR"][3], entry["pPSNR_mean"], entry["pSSIM_mean"],
+                          entry["hit"], oa.get("paper", {}).get("follows_oracle"),
+                          oa.get("paper", {}).get("follows_hypercut"), oa.get("ext", {}).get("follows_hypercut"),
+                          terms.get("base"), terms.get("reg"), terms.get("total")])
+            if budget == "demo":
+                series[row] = r["pPSNR"]
+    write_json(out / "matrix.json", {"matrix": matrix, "probes": probes,
+                                     "jobs": {j.name: {"state": j.state, "seconds": j.seconds} for j in jobs}})
+    if table:
+        lines += ["## Deblurring matrix, test split (pPSNR in dB, p_mode pair)", "",
+                  markdown_table(["budget", "row", "pPSNR 1/7", "pPSNR 4", "pPSNR mean", "pSSIM mean", "hit (pred)",
+                                  "follows oracle", "follows HC paper", "follows HC ext", "base", "R", "train loss"],
+                                 table, 3), "",
+                  "Per-frame pPSNR / pSSIM of every run: matrix.json. follows_*: fraction of test sequences whose "
+                  "prediction is in that order (utils/order_eval.py).", ""]
+    if series:
+        per_frame_plot(series, out / "per_frame_demo.png", title="pPSNR per frame, demo budget")
+        sequence_figures(work, out, args.device)
+    failed = [j.name for j in jobs if j.state != "done"]
+    if failed:
+        lines += ["Not finished: " + ", ".join(f"{j.name} ({j.state})" for j in jobs if j.state != "done"), ""]
+    atomic_write_text(out / "matrix.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=os.environ.get("ORDER_MATRIX_OUT"),
+                   help="results folder (default: $ORDER_MATRIX_OUT)")
+    p.add_argument("--work", default=None, help="data and checkpoints (default runs/order_matrix[_tiny])")
+    p.add_argument("--tiny", action="store_true", help="tiny dataset and 2-step runs: checks every stage on CPU")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--jobs", type=int, default=None, help="commands at once (default 8 on CUDA, 2 on CPU)")
+    p.add_argument("--num_workers", type=int, default=None, help="data loader workers per training (default 2; tiny 0)")
+    p.add_argument("--threads", type=int, default=None, help="OMP threads per command (default 2; tiny 1)")
+    p.add_argument("--data_workers", type=int, default=None, help="dataset rendering processes (default: CPU count)")
+    p.add_argument("--launch_deadline", type=float, default=None,
+                   help="start no command after this many seconds (default 300; none with --tiny)")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="stop running commands after this many seconds (default 340; none with --tiny)")
+    p.add_argument("--ablations", action="store_true", default=None,
+                   help="also train the ablation HyperCUTs for the probe (default: on, except --tiny)")
+    args = p.parse_args(argv)
+    if not args.out:
+        print("error: give --out or set ORDER_MATRIX_OUT", file=sys.stderr)
+        return 2
+    import torch
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = args.device.startswith("cuda")
+    args.jobs = args.jobs or (8 if cuda else 2)
+    args.num_workers = args.num_workers if args.num_workers is not None else (0 if args.tiny else 2)
+    args.threads = args.threads or (1 if args.tiny or not cuda else 2)
+    args.data_workers = args.data_workers or max(1, min(16, os.cpu_count() or 1))
+    args.ablations = (not args.tiny) if args.ablations is None else args.ablations
+    never = float("inf")
+    args.launch_deadline = args.launch_deadline or (never if args.tiny else 300.0)
+    args.deadline = args.deadline or (never if args.tiny else 340.0)
+    out = Path(args.out).resolve()
+    work = Path(args.work or REPO / ("runs/order_matrix_tiny" if args.tiny else "runs/order_matrix")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)  # the report's evaluations run in this process
+    jobs = build_jobs(args, work, out)
+    print(f"{len(jobs)} commands, {sum(j.state == 'done' for j in jobs)} already done; device {args.device}, "
+          f"{args.jobs} at once; work {work}, results {out}", flush=True)
+    run_jobs(jobs, args, out)
+    write_report(args, work, out, jobs)
+    return 0 if all(j.state == "done" for j in jobs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""utils.training.fit through the HyperCUT train script: mixed precision, the GradScaler's saved state,
+non-finite losses, logging intervals."""
+import json
+
+import pytest
+import torch
+from _cli import one_line_error
+
+import train_hypercut
+from datasets.synthetic import SyntheticConfig, generate
+from datasets.writer import DatasetWriter
+from utils.training import Amp, amp_dtype
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fit") / "data"
+    writer = DatasetWriter(root)
+    writer.commit(generate(SyntheticConfig(size=40, counts={"train": 4, "val": 2, "test": 1}, seed=1), writer,
+                           progress=False))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def argv(data, tmp_path, exp, *extra):
+    return ["--metadata_root", str(data), "--checkpoints_dir", str(tmp_path), "--exp_name", exp, "--device", "cpu",
+            "--num_workers", "0", "--crop_size", "36", "--out_dim", "16", "--batch_size", "2", "--lr", "1e-5",
+            "--train_step", "1", *extra]
+
+
+def train(flags):
+    args = train_hypercut.build_parser().parse_args(flags)
+    return train_hypercut.train(args)
+
+
+def test_amp_modes():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert amp_dtype("auto", cpu) is None and amp_dtype("off", cuda) is None
+    assert amp_dtype("bf16", cpu) == torch.bfloat16 and amp_dtype("fp16", cpu) == torch.float16
+    assert Amp("fp16", cpu).scaler is not None and Amp("bf16", cpu).scaler is None
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_resumes(data, tmp_path, mode):
+    history = train(argv(data, tmp_path, mode, "--amp", mode, "--epochs", "1"))
+    assert len(history["losses"]) == 2 and all(torch.isfinite(torch.tensor(history["losses"])))
+    state = torch.load(tmp_path / mode / "training_states" / "latest.pth", weights_only=True)
+    assert ("grad_scaler" in state) == (mode == "fp16")
+    if mode == "fp16":  # the scaler's state is saved and continues on --resume
+        assert state["grad_scaler"]["scale"] > 0
+        resumed = train(argv(data, tmp_path, mode, "--amp", mode, "--epochs", "2", "--resume"))
+        assert len(resumed["losses"]) == 2 and all(torch.isfinite(torch.tensor(resumed["losses"])))
+    ckpt = torch.load(tmp_path / mode / "models" / "0001.pth", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_non_finite_loss_stops_the_run(data, tmp_path, monkeypatch, capsys):
+    """A NaN at step 3 (epoch 2): one error line naming the step and the term, exit 2, and the state of
+    epoch 1 is kept as the latest; --skip_nonfinite 1 skips that batch instead and finishes."""
+    import models.hypercut as hypercut_module
+    real_loss = hypercut_module.hypercut_loss
+    calls = {"n": 0}
+
+    def poisoned(scores):
+        calls["n"] += 1
+        total, diff, same = real_loss(scores)
+        if calls["n"] == 3:
+            return total * float("nan"), diff * float("nan"), same
+        return total, diff, same
+
+    # the training objective looks the loss up in models.hypercut at each call; validation does not use it
+    monkeypatch.setattr(hypercut_module, "hypercut_loss", poisoned)
+    err = one_line_error(capsys, train_hypercut.main, argv(data, tmp_path, "nan", "--epochs", "2"))
+    assert "step 3" in err and "total" in err and "diff" in err and "same" not in err.split("step")[0]
+    state = torch.load(tmp_path / "nan" / "training_states" / "latest.pth", weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not (tmp_path / "nan" / "models" / "0002.pth").exists()
+
+    calls["n"] = 0
+    history = train(argv(data, tmp_path, "skip", "--epochs", "2", "--skip_nonfinite", "1"))
+    assert len(history["losses"]) == 3  # 4 batches, one skipped
+    log = (tmp_path / "skip" / "log.txt").read_text()
+    assert "batch skipped (1 of --skip_nonfinite 1)" in log and "1 batches skipped" in log
+
+
+def test_bad_numbers_are_refused_before_any_work(data, tmp_path, capsys):
+    for flag, value in (("--lr", "inf"), ("--gamma", "nan"), ("--slope", "nan"), ("--weight_decay", "-1")):
+        err = one_line_error(capsys, train_hypercut.main, argv(data, tmp_path, "bad", flag, value))
+        assert flag in err
+    err = one_line_error(capsys, train_hypercut.main, argv(data, tmp_path, "bad", "--target_frames", "1", "2", "3",
+                                                           "4", "4", "6", "7"))
+    assert "distinct" in err and "4" in err
+    assert not (tmp_path / "bad").exists()
+    args = train_hypercut.build_parser().parse_args(argv(data, tmp_path, "ok"))
+    assert json.loads(json.dumps(vars(args), allow_nan=False))  # nothing non-finite reaches args.json

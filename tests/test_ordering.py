@@ -1,0 +1,254 @@
+"""Issue 11: recorded motion and the oracle order, the pit loss, our HyperCUT extensions, the probe."""
+import json
+import math
+
+import pytest
+import torch
+
+import generate_order
+import prepare_dataset
+import probe_order
+import train_hypercut
+from datasets.synthetic import SyntheticConfig, load_photo, prepare_photo, render_sequence
+from losses import build_loss, naive_loss
+from losses.pit import pit_terms
+from models.hypercut import HyperCUT, hypercut_loss, load_hypercut
+from models.hypercut_ext import MotionIm2Vec, OrderingObjective, crop_consistency_loss, random_subcrops
+from _cli import one_line_error
+from utils.motion import phase_correlation
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A small embedded dataset with recorded motion (no foreground patches: the probe test needs a
+    clean signal from few sequences)."""
+    root = tmp_path_factory.mktemp("syn") / "data"
+    assert prepare_dataset.main(["synthetic", "--out", str(root), "--size", "64", "--num_train", "40",
+                                 "--num_val", "4", "--num_test", "16", "--foreground_p", "0",
+                                 "--workers", "2"]) == 0
+    return root
+
+
+def test_phase_correlation_finds_a_known_shift():
+    gen = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 96, 96, generator=gen), 3, 1, 1)
+    a, b = img[..., 10:74, 10:74], img[..., 14:78, 7:71]  # content moves by (+3, -4)
+    m, peak = phase_correlation(a, b)
+    assert torch.allclose(m, torch.tensor([[3.0, -4.0]]), atol=0.3) and peak.item() > 0.2
+
+
+def test_recorded_motion_matches_the_frames():
+    cfg = SyntheticConfig(size=64, foreground_p=0.0)
+    photo = prepare_photo(load_photo("astronaut"), cfg.size)
+    recorded, measured = [], []
+    for i in range(6):
+        out = render_sequence(photo, cfg, torch.Generator().manual_seed(i))
+        recorded.append(out["motion"])
+        measured.append(phase_correlation(out["sharp"][:1], out["sharp"][-1:])[0][0])
+    recorded, measured = torch.stack(recorded), torch.stack(measured)
+    assert (recorded.norm(dim=1) > 5).all()
+    assert ((recorded - measured).norm(dim=1) < 0.25 * recorded.norm(dim=1) + 1.0).all()
+
+
+def test_dataset_records_motion_and_oracle_orders_by_it(tiny, tmp_path, capsys):
+    meta = json.loads((tiny / "metadata.json").read_text())
+    assert all(len(e["motion"]) == 2 and e["source"] for e in meta["data"])
+    out = tiny / "metadata_oracle.json"
+    assert generate_order.main(["--metadata_root", str(tiny), "--oracle", "--save_path", str(out)]) == 0
+    ordered = json.loads(out.read_text())
+    for before, after in zip(meta["data"], ordered["data"]):
+        assert after["order"] == ("reverse" if before["motion"][0] < 0 else "ignore")
+        assert {k: v for k, v in after.items() if k != "order"} == {k: v for k, v in before.items() if k != "order"}
+    assert {e["order"] for e in ordered["data"]} == {"ignore", "reverse"}
+    # judged on the motion as stored: running it on its own output changes nothing
+    again = tiny / "metadata_oracle2.json"
+    assert generate_order.main(["--metadata_root", str(out), "--oracle", "--save_path", str(again)]) == 0
+    assert json.loads(again.read_text()) == ordered
+
+
+def test_oracle_order_errors(tiny, tmp_path, capsys):
+    meta = json.loads((tiny / "metadata.json").read_text())
+    del meta["data"][3]["motion"]
+    bad = tiny / "metadata_nomotion.json"
+    bad.write_text(json.dumps(meta))
+    err = one_line_error(capsys, generate_order.main, ["--metadata_root", str(bad), "--oracle",
+                                                       "--save_path", str(tiny / "o.json")])
+    assert "no 'motion'" in err and meta["data"][3]["id"] in err
+    err = one_line_error(capsys, generate_order.main, ["--metadata_root", str(tiny), "--save_path",
+                                                       str(tiny / "o.json")])
+    assert "--pretrained_path" in err and "--oracle" in err
+    assert not (tiny / "o.json").exists()
+
+
+def test_pit_loss_takes_the_better_direction():
+    gen = torch.Generator().manual_seed(0)
+    gt = torch.rand(3, 7, 3, 8, 8, generator=gen)
+    pred = torch.stack([gt[0], gt[1].flip(0), torch.rand(7, 3, 8, 8, generator=gen)])
+    loss, flipped = pit_terms(pred, gt)
+    assert flipped.tolist() == [False, True, flipped[2].item()]
+    third = min(naive_loss(pred[2:], gt[2:]).item(), naive_loss(pred[2:], gt[2:].flip(1)).item())
+    assert math.isclose(loss.item(), (2 * math.sqrt(1e-6) + third) / 3, rel_tol=1e-5)
+    total, terms = build_loss("pit")({"frames": pred}, gt)
+    assert terms["flipped"].item() == int(flipped.sum()) and total.requires_grad is False
+
+
+def test_motion_f_is_antisymmetric_and_loads_back(tmp_path):
+    torch.manual_seed(0)
+    model = HyperCUT(f_func="MotionIm2Vec")
+    assert isinstance(model.f_func, MotionIm2Vec)
+    frames = torch.rand(2, 7, 3, 48, 48)
+    _, scores = model(frames)
+    assert torch.allclose(scores[:, 0::2], -scores[:, 1::2], atol=1e-5)
+    assert scores.abs().min() > 0
+    torch.save({"model": model.state_dict(), **model.checkpoint_fields()}, tmp_path / "m.pth")
+    back = load_hypercut(tmp_path / "m.pth")
+    assert back.config["f_func"] == "MotionIm2Vec"
+    assert torch.allclose(back(frames)[1], scores, atol=1e-5)
+
+
+def test_objective_defaults_to_the_paper_and_adds_the_crop_term():
+    torch.manual_seed(0)
+    model = HyperCUT(f_func="MotionIm2Vec")
+    frames = torch.rand(3, 7, 3, 64, 64)
+    total, _, _, l_crop, _ = OrderingObjective()(model, frames, key=1)
+    assert torch.allclose(total, hypercut_loss(model(frames)[1])[0]) and l_crop.item() == 0
+    crops = random_subcrops(frames, 40, 3, seed=5)
+    assert crops.shape == (3, 3, 7, 3, 40, 40)
+    assert torch.equal(crops, random_subcrops(frames, 40, 3, seed=5))
+    assert not torch.equal(crops[:, 0], crops[:, 1])
+    u = torch.tensor([[2.0, 3.0, -1.0]])
+    expected = (torch.nn.functional.softplus(torch.tensor(-6.0)) + 2 * torch.nn.functional.softplus(torch.tensor(2.0))
+                + torch.nn.functional.softplus(torch.tensor(3.0)) - torch.nn.functional.softplus(torch.tensor(2.0))) / 3
+    assert torch.allclose(crop_consistency_loss(u), expected)
+    obj = OrderingObjective(40, 2, weight=0.5, seed=1)
+    total, l_diff, l_same, l_crop, _ = obj(model, frames, key=3)
+    assert torch.allclose(total, 0.5 * l_diff + 0.5 * l_same + 0.5 * l_crop) and l_crop.item() > 0
+
+
+def test_train_hypercut_with_our_extensions(tiny, tmp_path, capsys):
+    argv = ["--metadata_root", str(tiny), "--exp_name", "ext", "--checkpoints_dir", str(tmp_path), "--device", "cpu",
+            "--crop_size", "64", "--batch_size", "4", "--epochs", "1", "--max_steps", "2", "--num_workers", "0",
+            "--lr", "1e-3", "--f_func", "MotionIm2Vec", "--subcrop_size", "40", "--crop_consistency", "1.0"]
+    history = train_hypercut.train(train_hypercut.build_parser().parse_args(argv))
+    assert len(history["losses"]) == 2 and all(math.isfinite(v) for v in history["losses"])
+    model = load_hypercut(tmp_path / "ext" / "models" / "0001.pth")
+    assert model.config["f_func"] == "MotionIm2Vec"
+    err = one_line_error(capsys, train_hypercut.main, argv[:-4] + ["--crop_consistency", "1.0"])
+    assert "--subcrop_size" in err
+
+
+def test_probe_reads_the_oracle_but_not_a_random_order(tiny, tmp_path):
+    out = tmp_path / "probe.json"
+    assert probe_order.main(["--metadata_root", str(tiny), "--crop_size", "48", "--train_crops", "6",
+                             "--test_crops", "6", "--steps", "150", "--batch_size", "32", "--device", "cpu",
+                             "--output_json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["sources"] == ["stored", "oracle"] and result["steps"] == [150]
+    stored, oracle = result["agreement"][0]
+    assert result["num_test_crops"] >= 80
+    assert oracle >= 0.8
+    assert abs(stored - 0.5) <= 0.2
+    # the oracle-ordered metadata, probed as stored, reads as well as the oracle
+    assert generate_order.main(["--metadata_root", str(tiny), "--oracle", "--overwrite",
+                                "--save_path", str(tiny / "metadata_oracle.json")]) == 0
+    assert probe_order.main(["--metadata_root", str(tiny / "metadata_oracle.json"), "--sources", "stored",
+                             "--crop_size", "48", "--train_crops", "6", "--test_crops", "6", "--steps", "150",
+                             "--batch_size", "32", "--device", "cpu", "--output_json", str(out)]) == 0
+    assert json.loads(out.read_text())["agreement"][0][0] >= 0.8
+
+
+def test_probe_bad_inputs(tiny, capsys):
+    err = one_line_error(capsys, probe_order.main, ["--metadata_root", str(tiny), "--sources", "hypercut"])
+    assert "--hypercut_path" in err
+    err = one_line_error(capsys, probe_order.main, ["--metadata_root", str(tiny), "--crop_size", "100"])
+    assert "--crop_size 100" in err
+
+
+def test_order_matrix_jobs_are_well_formed(tmp_path):
+    """The GPU driver's job list: every dependency names a job, every script exists, every training
+    writes where its evaluation reads, and the matrix has its rows at every budget."""
+    import argparse
+    from experiments import order_matrix as om
+    for tiny in (True, False):
+        args = argparse.Namespace(tiny=tiny, device="cuda", num_workers=2, data_workers=4, ablations=not tiny)
+        jobs = om.build_jobs(args, tmp_path / "work", tmp_path / "out")
+        names = {j.name for j in jobs}
+        assert len(names) == len(jobs)
+        for j in jobs:
+            assert j.deps <= names, (j.name, j.deps - names)
+            assert (om.REPO / j.script).is_file()
+            assert "--device" not in j.args or j.args[j.args.index("--device") + 1] == "cuda"
+        for budget in om.BUDGETS:
+            rows = {j.name[len(f"jin_{budget}_"):] for j in jobs if j.name.startswith(f"jin_{budget}_")}
+            if budget == "xlong":
+                assert rows == set(om.XLONG_ROWS)
+            else:
+                assert {"naive", "order_inv", "pit", "oracle", "naive_hc_paper", "naive_hc_ext",
+                        "hcloss_paper_a0.2", "hcloss_ext_a0.02"} <= rows
+        evals = [j for j in jobs if j.name.startswith("eval_")]
+        trains = {j.name: j for j in jobs}
+        for e in evals:
+            train = trains[e.name.replace("eval_", "jin_", 1)]
+            assert str(train.done) == e.args[e.args.index("--pretrained_path") + 1]
+
+
+def test_last_epoch_terms_reads_the_train_log(tmp_path):
+    from experiments.order_matrix import last_epoch_terms
+    log = tmp_path / "log.txt"
+    log.write_text("2026-01-01 00:00:00 epoch 1/2 | step 5 | total 0.50000 | base 0.40000 | reg 0.50000 | "
+                   "flipped 4.00000 | lr 0.0005 | 3.0 s (total 3.0 s)\n"
+                   "2026-01-01 00:00:01 val epoch 1 | pPSNR 20.0000\n"
+                   "2026-01-01 00:00:02 epoch 2/2 | step 10 | total 0.30000 | base 0.20000 | reg 0.50000 | "
+                   "flipped 3.00000 | lr 0.0005 | 3.0 s (total 6.0 s)\n")
+    assert last_epoch_terms(log) == {"total": 0.3, "base": 0.2, "reg": 0.5, "flipped": 3.0}
+
+
+def test_order_eval_reads_the_direction_of_predictions():
+    from utils.order_eval import sequence_signs, summarise
+    cfg = SyntheticConfig(size=48, foreground_p=0.0)
+    photo = prepare_photo(load_photo("astronaut"), cfg.size)
+    seqs = [render_sequence(photo, cfg, torch.Generator().manual_seed(i)) for i in range(4)]
+    gt = torch.stack([s["sharp"] for s in seqs])
+    rightwards = torch.tensor([1.0 if s["motion"][0] >= 0 else -1.0 for s in seqs])
+    pred = torch.stack([gt[0], gt[1].flip(0), gt[2], gt[3].flip(0)])
+    torch.manual_seed(0)
+    hc = HyperCUT(f_func="FlowIm2Vec")
+    signs = sequence_signs(pred, gt, hc)
+    assert signs["direction"].tolist() == [1.0, -1.0, 1.0, -1.0]
+    assert signs["oracle"].tolist() == rightwards.tolist()
+    # the predictions are exact copies: HyperCUT judges them as it judges the ground truth
+    assert torch.equal(signs["hc_pred"], signs["direction"] * signs["hc_gt"])
+    fig = summarise(signs)
+    assert fig["hc_honest"] == 1.0 and fig["num_sequences"] == 4
+    assert fig["follows_oracle"] == float((signs["direction"] == rightwards).float().mean())
+
+
+def test_gif_and_figures(tmp_path):
+    from PIL import Image
+    from utils.figures import contact_sheet, per_frame_plot, probe_plot, save_gif
+    frames = torch.stack([torch.full((3, 8, 10), k / 7) for k in range(7)])
+    path = save_gif(frames, tmp_path / "a.gif")
+    gif = Image.open(path)
+    assert gif.n_frames == 12 and gif.size == (10, 8)  # forwards, then back without repeating the ends
+    assert gif.info["loop"] == 0
+    contact_sheet([("a", torch.rand(3, 8, 30)), ("b", torch.rand(3, 8, 30))], tmp_path / "c.png", title="t")
+    per_frame_plot({"x": [1.0, 2.0, 3.0]}, tmp_path / "p.png")
+    probe_plot([1, 2], {"oracle": [0.9, 1.0]}, tmp_path / "q.png")
+    for name in ("c.png", "p.png", "q.png"):
+        assert Image.open(tmp_path / name).format == "PNG"
+
+
+def test_blur_baseline_scores_the_blurry_image(tiny):
+    from datasets.blur2vid import Blur2VidDataset
+    from utils.order_eval import blur_baseline
+    from utils.evaluation import make_eval_loader
+    dataset = Blur2VidDataset(tiny, "test", augment=None)
+    result = blur_baseline(make_eval_loader(dataset, 4, 0), torch.device("cpu"))
+    item = dataset[0]
+    expected = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        mse = ((item["blur"] * 255 - item["frames"][3] * 255) ** 2).mean()
+        expected.append(10 * math.log10(255 ** 2 / mse.item()))
+    assert math.isclose(result["pPSNR"][3], sum(expected) / len(expected), rel_tol=1e-4)
+    assert result["pPSNR"][0] == result["pPSNR"][6] and result["pPSNR"][0] < result["pPSNR"][3]

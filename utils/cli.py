@@ -1,0 +1,291 @@
+"""The one command-line layer of every script.
+
+- `ArgumentParser`: argparse whose errors are one line (`error: ...`, exit 2), not a usage block.
+- Flag groups the scripts share, each flag declared once: `add_runtime_args` (--device, --batch_size,
+  --num_workers), `add_data_args`, `add_train_args`; the reference's shared parser (SPEC 9) is covered
+  by them with its flag names and meanings, plus this project's own flags.
+- `check_flags`: every numeric flag a script has is checked for range and finiteness before any work.
+- `run_main`: the scripts' main(): a `UserError` becomes one `error: ...` line (exit 2), Ctrl-C one line
+  (exit 130); anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from utils.errors import FlagError, UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad command line ends in one line like every other user error. Help keeps the
+    script's docstring as written."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+# --- flag groups ----------------------------------------------------------------------------------
+
+def add_runtime_args(parser: argparse.ArgumentParser, *, batch_size: int | None, num_workers: int = 2) -> None:
+    """--device, and for scripts with a data loader (batch_size not None) --batch_size and --num_workers."""
+    g = parser.add_argument_group("runtime")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    if batch_size is not None:
+        g.add_argument("--batch_size", type=int, default=batch_size, help="sequences per batch")
+        g.add_argument("--num_workers", type=int, default=num_workers, help="data loader worker processes")
+
+
+def add_data_args(parser: argparse.ArgumentParser, *, limits=("train", "val", "test"),
+                  target_frames: bool = True) -> None:
+    """The dataset: --metadata_root (required), --dataset_name (a label, used in default run names),
+    --data_root, --target_frames, and --<split>_limit (first N entries of a split, as the reference)."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--metadata_root", required=True, help="dataset root holding metadata.json (or the file itself)")
+    g.add_argument("--dataset_name", default=None,
+                   help="a name for the dataset in run names and reports (default: the metadata's 'name')")
+    g.add_argument("--data_root", default=None, help="resolve relative paths against this folder instead")
+    if target_frames:
+        g.add_argument("--target_frames", type=int, nargs="+", default=None,
+                       help="1-based frames to load, distinct, in the order given: each sequence is loaded as "
+                            "that list of its frames, so '7 6 5 4 3 2 1' loads it reversed (default: all, "
+                            "in order)")
+    g.add_argument("--quick_check", action="store_true",
+                   help="before any work, read only the image headers (sizes) instead of decoding every "
+                        "image in full (which also catches truncated files)")
+    for split in limits:
+        g.add_argument(f"--{split}_limit", type=int, default=None, help=f"use only the first N {split} sequences")
+
+
+def add_train_args(parser: argparse.ArgumentParser, *, epochs: int = 100, lr: float = 5e-4,
+                   crop_size: int = 256, val_epoch: int = 5, display_step: int = 100,
+                   images: bool = True) -> None:
+    """Run folder, schedule and optimisation: the reference's flags (SPEC 9 defaults) and ours."""
+    g = parser.add_argument_group("run")
+    g.add_argument("--exp_name", default=None,
+                   help="run name: everything goes to <checkpoints_dir>/<exp_name>/ (default: the reference's name)")
+    g.add_argument("--checkpoints_dir", default="checkpoints")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--resume", action="store_true", help="continue from the run's latest training state")
+    g.add_argument("--load_epoch", type=int, default=None, help="continue from the training state of this epoch")
+    g.add_argument("--pretrained_path", default=None, help="start from these weights (a checkpoint of this model)")
+    g = parser.add_argument_group("training")
+    g.add_argument("--epochs", "--num_epochs", dest="epochs", type=int, default=epochs)
+    g.add_argument("--max_steps", type=int, default=None, help="stop after this many optimiser steps (smoke runs)")
+    g.add_argument("--crop_size", type=int, default=crop_size, help="training crop (square)")
+    g.add_argument("--no_augment", action="store_true", help="train on the images as stored (crop only)")
+    g.add_argument("--optimizer", default="ADAMax", choices=("SGD", "ADAM", "RMSprop", "ADAMax"))
+    g.add_argument("--lr", type=float, default=lr, help="learning rate")
+    g.add_argument("--weight_decay", type=float, default=0.0)
+    g.add_argument("--decay_type", default="step",
+                   help="'step' (x gamma every --lr_decay epochs) or 'step_a_b_c' (x gamma at epochs a, b, c)")
+    g.add_argument("--lr_decay", type=int, default=3, help="epochs between decays of --decay_type step")
+    g.add_argument("--gamma", type=float, default=0.9, help="learning-rate decay factor, in (0, 1]")
+    g = parser.add_argument_group("logging")
+    g.add_argument("--val_epoch", type=int, default=val_epoch, help="validate and save every N epochs")
+    g.add_argument("--train_step", type=int, default=100, help="log the losses and lr every N steps")
+    g.add_argument("--display_step", type=int, default=display_step,
+                   help="write a training visualisation every N steps (0: never)")
+    if images:
+        g.add_argument("--img_log_freq", type=int, default=None,
+                       help="at validation, write a visualisation every N batches (default: the first batch only)")
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """Which trained model a test script uses: --pretrained_path, or the latest model (or --load_epoch's)
+    of run --exp_name, by default the run the matching train script names for the same flags."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--pretrained_path", default=None,
+                   help=f"{what} (default: the latest model of the run named by --exp_name)")
+    g.add_argument("--exp_name", default=None, help="run whose model to use (default: the reference's run name)")
+    g.add_argument("--load_epoch", type=int, default=None, help="use the run's model of this epoch (default: latest)")
+    g.add_argument("--checkpoints_dir", default="checkpoints")
+
+
+def add_eval_args(parser: argparse.ArgumentParser, splits) -> None:
+    g = parser.add_argument_group("evaluation")
+    g.add_argument("--split", default="test", choices=splits)
+    g.add_argument("--seed", type=int, default=42, help="seed of the draws for entries with order 'random'")
+    g.add_argument("--output_json", default=None, help="also write the figures to this JSON file")
+
+
+# --- checks ---------------------------------------------------------------------------------------
+
+# name -> (lowest allowed, whether the lowest is excluded, highest allowed or None); every value must also be
+# finite. Every numeric flag of every script is here (tests/test_reliability.py walks the parsers to make
+# sure). The upper bounds only stop values that would exhaust the machine before any useful work (a model
+# of 10^30 channels, a million loader processes); seeds are what numpy accepts; --gamma decays (an lr that
+# grows every few epochs overflows float32 in the optimiser). Every float flag also stays within
+# +-FLOAT_LIMIT: the models and optimisers compute in float32 (max 3.4e38), where torch refuses larger
+# scalars with an error from deep inside the optimiser step.
+FLOAT_LIMIT = 1e30
+_RANGES = {
+    # data and runtime
+    "batch_size": (1, False, 2 ** 31 - 1), "num_workers": (0, False, 256), "train_limit": (1, False, None),
+    "val_limit": (1, False, None), "test_limit": (1, False, None), "seed": (0, False, 2 ** 32 - 1),
+    # training
+    "epochs": (1, False, None), "max_steps": (1, False, None), "crop_size": (1, False, None),
+    "lr": (0, True, None), "weight_decay": (0, False, None), "gamma": (0, True, 1.0), "lr_decay": (1, False, None),
+    "val_epoch": (1, False, None), "train_step": (1, False, None), "display_step": (0, False, None),
+    "img_log_freq": (1, False, None), "load_epoch": (0, False, None), "skip_nonfinite": (0, False, None),
+    # models and losses
+    "alpha": (0, False, None), "width_mult": (0, True, 4.0), "out_dim": (1, False, 1024), "slope": (None, False, None),
+    # prepare_dataset.py
+    "size": (32, False, 4096), "num_train": (0, False, None), "num_val": (0, False, None),
+    "num_test": (0, False, None), "subframes": (5, False, 99), "foreground_p": (0, False, 1.0),
+    "window": (1, False, None), "stride": (1, False, None), "num_frames": (2, False, None),
+    "val_fraction": (0, False, 1.0), "test_fraction": (0, False, 1.0),
+    # Purohit (train_blur2vid.py)
+    "mu": (0, False, None), "embed_weight": (0, False, None), "center_weight": (0, False, None),
+    "center_width_mult": (0, True, 4.0), "stage": (1, False, 2),
+    # probe_order.py
+    "train_crops": (1, False, None), "test_crops": (1, False, None), "min_motion": (0, False, None),
+    "steps": (1, False, None), "subcrop_size": (1, False, None), "subcrops": (1, False, None),
+    "crop_consistency": (0, False, None), "workers": (1, False, 256),
+}
+
+# Flags naming something a script writes: (kind, only when the script trains). Checked before any work,
+# so a run does not end after hours on a folder it cannot write.
+_OUTPUTS = {"output_json": ("file", False), "save_images": ("folder", False), "output_path": ("folder", False),
+            "checkpoints_dir": ("folder", True)}
+
+
+def parse_decay(decay_type: str, lr_decay: int = 3):
+    """--decay_type: ("step", every N epochs) or ("multistep", [milestones])."""
+    if decay_type == "step":
+        return ("step", lr_decay)
+    if decay_type.startswith("step_"):
+        try:
+            milestones = [int(v) for v in decay_type.split("_")[1:]]
+        except ValueError:
+            milestones = []
+        if milestones and milestones == sorted(milestones):
+            return ("multistep", milestones)
+    raise FlagError(f"--decay_type {decay_type!r}: use 'step' or 'step_a_b_c' with increasing epochs")
+
+
+def output_problem(path, folder: bool) -> str | None:
+    """Why `path` cannot be written (None when it can): a folder to create or fill (folder=True) or a file
+    to create or replace. Looks at the nearest existing folder on the way, without creating anything.
+    os.access also reports a read-only file system, for root too."""
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            return f"{path} exists and is not a folder"
+        if not folder and path.is_dir():
+            return f"{path} is a folder; name a file"
+        where = path if folder else path.parent
+    else:
+        where = next((p for p in path.absolute().parents if p.exists()), None)
+        if where is None or not where.is_dir():
+            return f"{path} cannot be created: {where} is not a folder"
+    if not os.access(where, os.W_OK | os.X_OK):
+        return f"{path} cannot be written: no write access to {where}"
+    return None
+
+
+def _out_of_range(value, low, strict: bool, high) -> bool:
+    if isinstance(value, float) and (not math.isfinite(value) or abs(value) > FLOAT_LIMIT):
+        return True
+    return (low is not None and (value <= low if strict else value < low)) or (high is not None and value > high)
+
+
+def check_flags(args) -> None:
+    """Before any work: range and finiteness of every numeric flag the script has (see _RANGES), distinct
+    --target_frames, a readable --decay_type, and write access to the outputs the flags name (_OUTPUTS);
+    one FlagError listing every problem."""
+    problems = []
+    for name, (low, strict, high) in _RANGES.items():
+        given = getattr(args, name, None)
+        values = given if isinstance(given, list) else [given]  # nargs flags: every value
+        value = next((v for v in values if v is not None and not isinstance(v, bool)
+                      and _out_of_range(v, low, strict, high)), None)
+        if value is None:
+            continue
+        flag = f"--{name}"
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{flag} must be a finite number (got {value})")
+        elif low is not None and (value <= low if strict else value < low):
+            problems.append(f"{flag} must be {'>' if strict else '>='} {low} (got {value})")
+        elif high is not None and value > high:
+            problems.append(f"{flag} must be <= {high} (got {value})")
+        elif isinstance(value, float) and abs(value) > FLOAT_LIMIT:
+            problems.append(f"{flag} must be between -{FLOAT_LIMIT:g} and {FLOAT_LIMIT:g}: training computes in "
+                            f"float32 (got {value})")
+    frames = getattr(args, "target_frames", None)
+    if frames is not None:
+        if any(k < 1 for k in frames):
+            problems.append(f"--target_frames are 1-based frame numbers (got {' '.join(map(str, frames))})")
+        if len(set(frames)) != len(frames):
+            repeated = sorted({k for k in frames if frames.count(k) > 1})
+            problems.append(f"--target_frames must be distinct (frame(s) {', '.join(map(str, repeated))} repeated)")
+    if getattr(args, "decay_type", None) is not None:
+        try:
+            parse_decay(args.decay_type, getattr(args, "lr_decay", 3))
+        except FlagError as e:
+            problems.append(str(e))
+    training = getattr(args, "resume", None) is not None
+    for name, (kind, train_only) in _OUTPUTS.items():
+        value = getattr(args, name, None)
+        if value and (training or not train_only):
+            problem = output_problem(value, folder=kind == "folder")
+            if problem:
+                problems.append(f"--{name} {problem}")
+    if problems:
+        raise FlagError("; ".join(problems))
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+def error_line(exc: BaseException) -> str:
+    """One line for a user error. Errors raised in DataLoader workers come back with the worker's
+    traceback in the message: keep only its last line, without the exception's class name."""
+    msg = str(exc).strip()
+    if "Original Traceback" in msg:
+        last = msg.splitlines()[-1].strip()
+        head, sep, tail = last.partition(": ")
+        msg = tail if sep and "Error" in head.split(".")[-1] else last
+    return " ".join(msg.split()) or type(exc).__name__
+
+
+@contextlib.contextmanager
+def interrupts_deferred(message: str):
+    """Hold Ctrl-C (SIGINT) back while the block runs, for steps that must not stop half-way (moving a
+    finished dataset into place); a Ctrl-C that came meanwhile is raised at the end as
+    KeyboardInterrupt(message), which run_main prints. Outside the main thread, nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt(message)
+
+
+def run_main(build_parser, body, argv=None, interrupted: str = "interrupted") -> int:
+    """A script's main(): parse the command line, run body(args) (an int it returns is the exit code).
+    A UserError ends in `error: <message>` (exit 2), Ctrl-C in `error: <interrupted>` (exit 130), or in
+    `error: <its message>` when the KeyboardInterrupt carries one (see interrupts_deferred)."""
+    args = build_parser().parse_args(argv)
+    try:
+        code = body(args)
+    except UserError as e:
+        print(f"error: {error_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as e:
+        print(f"error: {str(e) or interrupted}", file=sys.stderr)
+        sys.exit(130)
+    return code if isinstance(code, int) else 0
