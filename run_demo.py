@@ -20,6 +20,9 @@ Stages, each one of the project's scripts run as a user would (their commands ar
                   loss instead of naive, so that every loss path runs)
   5. evaluate     test_blur2vid.py for each (pPSNR / pSSIM / PSNR / SSIM per frame, hit/con of the
                   predictions; LPIPS when its weights can be had, otherwise reported as skipped); OUT/per_frame.png
+  5b. purohit    train_blur2vid.py --backbone Purohit: stage 1 (the video autoencoder), then stage 2
+                  with order_inv (the paper's baseline), narrow (--width_mult) on a CPU; test_blur2vid.py
+                  with its predicted centre and with the ground truth's (the paper's oracle-centre protocol)
   6. inference    inference.py --gif on four blurry test images: OUT/inference/<image>/frame_k.png,
                   frames.gif, contact.png
 
@@ -69,6 +72,9 @@ SETTINGS = {
         "hypercut_ext": EXT_HYPERCUT, "hypercut_ext_epochs": 8,
         "probe": [],
         "runs": RUNS,
+        "purohit": ["--width_mult", "0.25", "--crop_size", "64", "--batch_size", "8", "--val_epoch", "4",
+                    "--display_step", "200"],
+        "purohit_epochs": (4, 8),
     },
     "gpu": {
         "data": "data/synthetic_320", "out": "runs/demo_gpu",
@@ -83,6 +89,9 @@ SETTINGS = {
         "hypercut_ext_epochs": 8,
         "probe": ["--crop_size", "256"],
         "runs": RUNS,
+        "purohit": ["--width_mult", "1.0", "--crop_size", "256", "--batch_size", "8", "--val_epoch", "10",
+                    "--display_step", "200"],
+        "purohit_epochs": (20, 40),
     },
     "quick": {
         "data": "runs/demo_quick/data", "out": "runs/demo_quick",
@@ -98,6 +107,9 @@ SETTINGS = {
         "hypercut_ext_epochs": 1,
         "probe": ["--crop_size", "40", "--train_crops", "2", "--test_crops", "2", "--steps", "5", "10"],
         "runs": RUNS[:1] + [("hypercut", ["--loss_type", "hypercut"], "paper")] + RUNS[2:],
+        "purohit": ["--width_mult", "0.125", "--crop_size", "40", "--batch_size", "4", "--val_epoch", "1",
+                    "--display_step", "0"],
+        "purohit_epochs": (1, 1),
     },
 }
 INFERENCE_IMAGES = 4
@@ -147,8 +159,34 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def run_purohit(cfg: dict, data: Path, ckpts: Path, out: Path, common: list, log) -> dict:
+    """Purohit's two stages and their evaluation; {centre: test JSON} for the summary."""
+    e1, e2 = cfg["purohit_epochs"]
+    s1_dir, s2_dir = ckpts / "purohit_stage1", ckpts / "purohit_order_inv"
+    stage1 = s1_dir / "models" / f"{e1:04d}.pth"
+    base = ["--metadata_root", data, "--checkpoints_dir", ckpts, "--backbone", "Purohit"] + cfg["purohit"] + common
+    extra = train_args(s1_dir, e1)
+    if extra is not None:
+        run_stage("train Purohit (stage 1)", "train_blur2vid.py",
+                  base + ["--exp_name", s1_dir.name, "--stage", "1", "--epochs", e1] + extra, log)
+    extra = train_args(s2_dir, e2)
+    if extra is not None:
+        run_stage("train Purohit (stage 2, order_inv)", "train_blur2vid.py",
+                  base + ["--exp_name", s2_dir.name, "--stage1_path", stage1, "--loss_type", "order_inv",
+                          "--epochs", e2] + extra, log)
+    model = s2_dir / "models" / f"{e2:04d}.pth"
+    results = {}
+    for centre in ("predicted", "gt"):
+        result = out / f"purohit_order_inv_{centre}_test.json"
+        run_stage(f"test Purohit ({centre} centre)", "test_blur2vid.py",
+                  ["--metadata_root", data, "--pretrained_path", model, "--middle_frame", centre,
+                   "--output_json", result] + common, log)
+        results[centre] = read_json(result)
+    return results
+
+
 def summary_markdown(hc: dict, tests: dict[str, dict], out: Path, mode: str, hc_ext: dict | None = None,
-                     probe: dict | None = None) -> str:
+                     probe: dict | None = None, purohit: dict | None = None, purohit_flags: list | None = None) -> str:
     from utils.report import markdown_table
     lines = [f"# HyperCUT demo ({mode})", "", "## HyperCUT ordering, test split", ""]
     keys = ["hit", "hit_x2_x6", "hit_x3_x5", "con@2", "con@3", "num_sequences"]
@@ -175,6 +213,15 @@ def summary_markdown(hc: dict, tests: dict[str, dict], out: Path, mode: str, hc_
     lines += ["", "pPSNR per frame (1..7):", ""]
     lines.append(markdown_table(["loss"] + [str(i + 1) for i in range(len(next(iter(tests.values()))["pPSNR"]))],
                                 [[loss] + res["pPSNR"] for loss, res in tests.items()]))
+    if purohit:
+        width = purohit_flags[purohit_flags.index("--width_mult") + 1] if purohit_flags else "?"
+        lines += ["", f"## Purohit (width {width}), order_inv, test split", "",
+                  "Stage 1 (video autoencoder), then stage 2; the paper's Purohit table gives the network the "
+                  "ground truth's middle frame (oracle centre).", ""]
+        lines.append(markdown_table(
+            ["centre", "pPSNR mean", "pPSNR frames 1 & 7", "pSSIM mean"] + [f"pPSNR {i + 1}" for i in range(7)],
+            [["oracle (ground truth)" if c == "gt" else c, r["pPSNR_mean"], (r["pPSNR"][0] + r["pPSNR"][-1]) / 2,
+              r["pSSIM_mean"]] + r["pPSNR"] for c, r in purohit.items()]))
     lines += ["", f"Files: {out}/checkpoints/, {out}/*_test.json and .csv, {out}/per_frame.png, {out}/probe.png, "
               f"{out}/inference/ (frames, GIF, contact sheet).", ""]
     return "\n".join(lines)
@@ -263,6 +310,9 @@ def main_body(args) -> int:
         per_frame_plot({name: res["pPSNR"] for name, res in tests.items()}, out / "per_frame.png",
                        title="pPSNR per frame, test split")
 
+        # 5b. Purohit: stage 1 (video autoencoder), stage 2 with order_inv, evaluated with both centres
+        purohit = run_purohit(cfg, data, ckpts, out, common, log)
+
         # 6. inference on a few blurry test images (copied, so the input folder holds only them)
         from datasets.metadata import load_split
         _, entries = load_split(data, "test", check=False)
@@ -278,7 +328,7 @@ def main_body(args) -> int:
                    "--device", args.device, "--gif"], log)
 
         text = summary_markdown(read_json(hc_json), tests, out, mode, read_json(out / "hypercut_ext_test.json"),
-                                probe)
+                                probe, purohit, cfg["purohit"])
         from utils.checkpoint import atomic_write_text
         atomic_write_text(out / "summary.md", text)
         log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} done in {time.time() - started:.0f} s\n")

@@ -98,8 +98,14 @@ register(Case(
     notes=["HyperCUT: one sample = one 7-frame sequence (6 pairs through f)."]))
 
 
+def _frames(out):
+    """The predicted frames of a backbone's output: the contract's dict (models/__init__.py), or the
+    plain tensor of older trees (the baseline's Jin)."""
+    return out["frames"] if isinstance(out, dict) else out
+
+
 def _jin_loss(mod, model, blur, frames):
-    return (model(blur) - frames).abs().mean()
+    return (_frames(model(blur)) - frames).abs().mean()
 
 
 def _jin_train_shapes(kind, quick):
@@ -121,7 +127,14 @@ for _width in (1.0, 0.25):
         loss=_jin_loss, infer=lambda model, blur: model(blur),
         notes=[] if _width != 1.0 else ["Jin: one sample = one blurry image -> 7 frames; training loss "
                                         "= L1 against random frames."]))
-# A Purohit backbone joins with one more register(Case("Purohit", "models.backbones.purohit", ...)).
+
+
+register(Case(
+    "Purohit", "models.backbones.purohit", lambda mod: mod.PurohitBackbone(),
+    train_input=_jin_train_shapes, infer_input=_jin_infer_shapes,
+    loss=_jin_loss, infer=lambda model, blur: model(blur),
+    notes=["Purohit: stage-2 forward (centre network, then the recurrent video decoder) at width 1; "
+           "training loss = L1 of the finest scale's frames (its multi-scale loss adds little)."]))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -33,6 +33,11 @@ def test_quick_demo_end_to_end(tmp_path):
         assert res["pLPIPS"] is None or len(res["pLPIPS"]) == 7
         assert 3.0 < res["pPSNR_mean"] < 60.0 and res["pPSNR_mean"] >= res["PSNR_mean"] - 1e-9
         assert (out / f"jin_{loss}_test.csv").exists()
+    purohit = {c: json.loads((out / f"purohit_order_inv_{c}_test.json").read_text()) for c in ("predicted", "gt")}
+    assert purohit["predicted"]["middle_frame"] == "predicted" and "oracle" in purohit["gt"]["middle_frame"]
+    # the oracle centre is the ground truth's frame 4 itself, so its frame-4 pPSNR is far above the predicted one's
+    assert purohit["gt"]["pPSNR"][3] > purohit["predicted"]["pPSNR"][3] + 10
+    assert (out / "checkpoints" / "purohit_stage1" / "models" / "0001.pth").exists()
     frames = sorted((out / "inference").glob("*/frame_*.png"))
     assert len(frames) == 4 * 7
     assert np.asarray(Image.open(frames[0])).shape == (64, 64, 3)
@@ -40,7 +45,7 @@ def test_quick_demo_end_to_end(tmp_path):
     assert gif.format == "GIF" and gif.size == (64, 64) and (frames[0].parent / "contact.png").exists()
     summary = (out / "summary.md").read_text()
     assert "| order_inv |" in summary and "| hypercut_ext |" in summary and "hit" in summary
-    assert "probe" in summary
+    assert "probe" in summary and "## Purohit (width 0.125), order_inv" in summary and "| oracle (ground truth) |" in summary
 
     # a second run skips both trainings and ends with the same summary
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)

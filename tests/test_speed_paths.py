@@ -49,8 +49,8 @@ def test_fused_stem_and_chunks_match_plain_layers(hw, dtype, out_tol, grad_tol):
             assert rel_err(got[2][k], plain[2][k]) < grad_tol, k
 
 
-def test_fused_and_chunked_model_reproduces_reference(fixtures_dir):
-    fixture = torch.load(fixtures_dir / "hypercut_reference_encoder.pt", weights_only=True)
+def test_fused_and_chunked_model_reproduces_reference(hypercut_reference):
+    fixture = hypercut_reference
     model = HyperCUT()
     model.load_state_dict(fixture["state_dict"], strict=True)
     set_chunk_bytes(model, 1)
@@ -140,19 +140,19 @@ def test_per_colour_chunks_equal_whole_batch():
     _random_affines(model)
     blur = torch.rand(2, 3, 40, 60, dtype=torch.float64)
     set_chunk_bytes(model, 1 << 40)
-    whole = model(blur)
+    whole = model(blur)["frames"]
     whole.square().mean().backward()
     g_whole = grads(model)
     model.zero_grad(set_to_none=True)
     set_chunk_bytes(model, 1)  # one colour of one image per trunk call
-    chunked = model(blur)
+    chunked = model(blur)["frames"]
     chunked.square().mean().backward()
     assert rel_err(chunked.detach(), whole.detach()) < 1e-10
     g_chunked = grads(model)
     for k in g_whole:
         assert rel_err(g_chunked[k], g_whole[k]) < 1e-10, k
     with torch.inference_mode():
-        assert (model.eval()(blur) - whole).abs().max().item() < 1e-10
+        assert (model.eval()(blur)["frames"] - whole).abs().max().item() < 1e-10
 
 
 # ----------------------------------------------------------------------------------------------- SSIM
