@@ -71,7 +71,7 @@ BUDGETS = {
     "long": (["--width_mult", "0.25", "--crop_size", "64", "--batch_size", "8", "--val_epoch", "12"], 48),
     "xlong": (["--width_mult", "0.25", "--crop_size", "64", "--batch_size", "8", "--val_epoch", "40"], 120),
 }
-XLONG_ROWS = ("naive", "order_inv", "oracle", "hcloss_ext_a0")
+XLONG_ROWS = ("naive", "order_inv", "oracle", "naive_hc_ext", "hcloss_ext_a0")
 # The rows that start first: the longest runs of the most informative rows, then the demo budget's
 # key rows, then everything else (a run stopped by the deadline resumes on the next invocation).
 KEY_ROWS = ("naive", "order_inv", "oracle", "pit", "hcloss_ext_a0", "naive_hc_ext", "naive_hc_paper",
@@ -418,6 +418,8 @@ def main(argv=None) -> int:
                    help="stop running commands after this many seconds (default 340; none with --tiny)")
     p.add_argument("--ablations", action="store_true", default=None,
                    help="also train the ablation HyperCUTs for the probe (default: on, except --tiny)")
+    p.add_argument("--no_ablations", dest="ablations", action="store_false",
+                   help="only the HyperCUTs of the matrix (paper, ext): leaves the GPU to the deblurring runs")
     args = p.parse_args(argv)
     if not args.out:
         print("error: give --out or set ORDER_MATRIX_OUT", file=sys.stderr)
