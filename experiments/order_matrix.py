@@ -256,6 +256,10 @@ def last_epoch_terms(log_path: Path) -> dict:
     return terms
 
 
+def _f3(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 def _is_float(v: str) -> bool:
     try:
         float(v)
@@ -343,7 +347,7 @@ def write_report(args, work: Path, out: Path, jobs: list) -> None:
                       f", {r['num_train_crops']} / {r['num_test_crops']} crops)", "",
                       markdown_table(["steps"] + r["sources"], [[s] + a for s, a in zip(r["steps"], r["agreement"])], 3)]
             if r.get("hypercut_on_test_crops"):
-                lines += ["", "on held-out crops: " + "; ".join(f"{k}: hit {v['hit']:.3f}, crop agreement {v['crop_agreement']:.3f}, motion rule {v['motion_rule']:.3f}" for k, v in r["hypercut_on_test_crops"].items())]
+                lines += ["", "on held-out crops: " + "; ".join(f"{k}: hit {_f3(v['hit'])}, crop agreement {_f3(v['crop_agreement'])}, motion rule {_f3(v['motion_rule'])}" for k, v in r["hypercut_on_test_crops"].items())]
             lines.append("")
     if "probe" in probes:
         r = probes["probe"]

@@ -252,3 +252,21 @@ def test_blur_baseline_scores_the_blurry_image(tiny):
         expected.append(10 * math.log10(255 ** 2 / mse.item()))
     assert math.isclose(result["pPSNR"][3], sum(expected) / len(expected), rel_tol=1e-4)
     assert result["pPSNR"][0] == result["pPSNR"][6] and result["pPSNR"][0] < result["pPSNR"][3]
+
+
+def test_method_figures_with_each_backbone(tiny, tmp_path):
+    """Contact sheet and GIF per sequence from the backbones' output dicts (Jin and Purohit)."""
+    from PIL import Image
+    from datasets.blur2vid import Blur2VidDataset
+    from models import build_backbone
+    from utils.figures import method_figures
+    dataset = Blur2VidDataset(tiny, "test", augment=None)
+    torch.manual_seed(0)
+    models = {name: build_backbone(name, width_mult=0.125).eval() for name in ("Jin", "Purohit")}
+    written = method_figures(models, dataset, [0, 2], tmp_path, torch.device("cpu"))
+    assert [p.name for p in written] == ["sequence_0.png", "sequence_0.gif", "sequence_2.png", "sequence_2.gif"]
+    gif = Image.open(tmp_path / "sequence_2.gif")
+    # ground truth, Jin, Purohit side by side with 2-pixel gaps; 7 frames forwards then 5 back
+    assert gif.size == (3 * 64 + 2 * 2, 64) and gif.n_frames == 12
+    sheet = Image.open(tmp_path / "sequence_0.png")
+    assert sheet.format == "PNG" and sheet.size[0] > 9 * 64

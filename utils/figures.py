@@ -114,7 +114,7 @@ def method_figures(models: dict, dataset, indices, out_dir, device, prefix: str 
     for index in indices:
         item = dataset[index]
         blur, gt = item["blur"][None].to(device), item["frames"][None].to(device)
-        preds = {label: model(blur).float().clamp(0, 1) for label, model in models.items()}
+        preds = {label: model(blur)["frames"].float().clamp(0, 1) for label, model in models.items()}
         rows = [(label, make_strip(blur, pred, gt)) for label, pred in preds.items()]
         written.append(contact_sheet(rows, out_dir / f"{prefix}_{index}.png", scale=scale,
                                      title=f"test sequence {item['id']}: blur | predicted frames 1-7 | ground truth"))
