@@ -15,7 +15,6 @@ Running it again with the same --work skips finished trainings and resumes inter
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -25,6 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from utils.cli import ArgumentParser  # noqa: E402  (after the path)
 LOSSES = ("naive", "order_inv", "hypercut")
 
 BUDGETS = {
@@ -81,7 +83,7 @@ def frames_1_7(values: list) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--out", default=os.environ.get("BACKBONE_TABLE_OUT", "results/backbones"))
     p.add_argument("--work", default=None, help="data and checkpoints (default runs/backbone_table[_tiny])")
     p.add_argument("--tiny", action="store_true")

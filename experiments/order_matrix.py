@@ -25,7 +25,6 @@ done and resumes stopped trainings from their last epoch. Data and checkpoints l
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -36,6 +35,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from utils.cli import ArgumentParser  # noqa: E402  (after the path)
 
 # HyperCUT variants: flags of train_hypercut.py and the number of epochs (the final checkpoint).
 HYPERCUTS = {
@@ -406,7 +407,7 @@ def write_report(args, work: Path, out: Path, jobs: list) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--out", default=os.environ.get("ORDER_MATRIX_OUT"),
                    help="results folder (default: $ORDER_MATRIX_OUT)")
     p.add_argument("--work", default=None, help="data and checkpoints (default runs/order_matrix[_tiny])")

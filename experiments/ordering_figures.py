@@ -12,7 +12,6 @@ truth); --probe a probe_order.py --output_json file.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,21 +19,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from utils.cli import ArgumentParser  # noqa: E402  (after the path)
+from utils.errors import FlagError  # noqa: E402
+
 
 def labelled(values: list, flag: str) -> dict:
     out = {}
     for v in values:
         label, sep, path = v.partition("=")
         if not sep or not label or not path:
-            raise ValueError(f"{flag} {v!r}: expected LABEL=PATH")
+            raise FlagError(f"{flag} {v!r}: expected LABEL=PATH")
         if not Path(path).exists():
-            raise ValueError(f"{flag} {v!r}: {path} does not exist")
+            raise FlagError(f"{flag} {v!r}: {path} does not exist")
         out[label] = Path(path)
     return out
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--out", required=True, help="folder for the figures")
     p.add_argument("--probe", default=None, help="a probe_order.py --output_json file")
     p.add_argument("--result", action="append", default=[], help="LABEL=test_blur2vid JSON (per-frame plot)")
@@ -48,10 +50,10 @@ def main(argv=None) -> int:
     try:
         results, models = labelled(args.result, "--result"), labelled(args.model, "--model")
         if models and not args.metadata_root:
-            raise ValueError("--model needs --metadata_root")
+            raise FlagError("--model needs --metadata_root")
         if args.probe and not Path(args.probe).exists():
-            raise ValueError(f"--probe {args.probe} does not exist")
-    except ValueError as e:
+            raise FlagError(f"--probe {args.probe} does not exist")
+    except FlagError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     import torch
