@@ -39,9 +39,9 @@ stamp "bench rc=$?"
 
 # the experiments share the GPU for the time left; both write their reports from what finished
 T=$(( $(left) - 25 ))
-python experiments/order_matrix.py --out "$R/order_matrix" --jobs 8 --no_ablations --launch_deadline $((T - 60)) --deadline "$T" \
+python experiments/order_matrix.py --out "$R/order_matrix" --jobs 6 --no_ablations --launch_deadline $((T - 60)) --deadline "$T" \
   > "$R/order_matrix.log" 2>&1 &
-python experiments/backbone_table.py --out "$R/backbones" --jobs 3 --deadline "$((T - 15))" \
+python experiments/backbone_table.py --out "$R/backbones" --jobs 2 --num_workers 1 --deadline "$((T - 15))" \
   > "$R/backbones.log" 2>&1 &
 wait
 stamp "experiments done"

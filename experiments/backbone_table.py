@@ -33,8 +33,9 @@ BUDGETS = {
     # the CPU demo's budget (README "Measured results"): width 0.25, 64x64 crops, batch 8, 12 epochs
     "demo": {"data": [], "hypercut": ["--crop_size", "64", "--batch_size", "8", "--lr", "5e-5", "--decay_type",
                                       "step_12_18_22", "--gamma", "0.5", "--val_epoch", "4", "--epochs", "24"],
+             # --amp off: narrow networks are launch-bound on a GPU, where bf16 made them slower (README, Speed)
              "deblur": ["--width_mult", "0.25", "--crop_size", "64", "--batch_size", "8", "--val_epoch", "12",
-                        "--display_step", "0", "--epochs", "12"],
+                        "--display_step", "0", "--epochs", "12", "--amp", "off"],
              "epochs": {"hypercut": 24, "deblur": 12}},
     "tiny": {"data": ["--size", "48", "--num_train", "8", "--num_val", "2", "--num_test", "2"],
              "hypercut": ["--crop_size", "40", "--batch_size", "4", "--lr", "5e-5", "--epochs", "1"],

@@ -109,6 +109,9 @@ def build_jobs(args, work: Path, out: Path) -> list:
     tiny = args.tiny
     device = ["--device", args.device]
     workers = ["--num_workers", str(args.num_workers)]
+    # the narrow Jin is launch-bound on a GPU: bf16 autocast made its step slower on the H100 (180 -> 223 ms,
+    # benchmarks/RESULTS_cuda_h100.md), so the deblurring runs train in float32
+    deblur_amp = ["--amp", "off"]
     jobs = [Job("data", "prepare_dataset.py",
                 ["synthetic", "--out", data, "--workers", str(args.data_workers), "--overwrite"] + (TINY["dataset"] if tiny else []),
                 data / "metadata.json"),
@@ -180,7 +183,7 @@ def build_jobs(args, work: Path, out: Path) -> list:
         model = ck / exp / "models" / f"{epochs:04d}.pth"
         jobs.append(Job(exp, "train_blur2vid.py",
                         ["--metadata_root", meta, "--exp_name", exp, "--checkpoints_dir", ck, "--backbone", "Jin",
-                         "--epochs", epochs, "--display_step", "0"] + loss + flags + device + workers, model, deps=deps,
+                         "--epochs", epochs, "--display_step", "0"] + loss + flags + device + workers + deblur_amp, model, deps=deps,
                         resumable=ck / exp / "training_states" / "latest.pth"))
         jobs.append(Job(f"eval_{budget}_{row}", "test_blur2vid.py",
                         ["--metadata_root", data, "--pretrained_path", model, "--no_lpips", "--hypercut_path",
@@ -414,7 +417,7 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true", help="tiny dataset and 2-step runs: checks every stage on CPU")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--jobs", type=int, default=None, help="commands at once (default 8 on CUDA, 2 on CPU)")
-    p.add_argument("--num_workers", type=int, default=None, help="data loader workers per training (default 2; tiny 0)")
+    p.add_argument("--num_workers", type=int, default=None, help="data loader workers per training (default 1; tiny 0)")
     p.add_argument("--threads", type=int, default=None, help="OMP threads per command (default 2; tiny 1)")
     p.add_argument("--data_workers", type=int, default=None, help="dataset rendering processes (default: CPU count)")
     p.add_argument("--launch_deadline", type=float, default=None,
@@ -434,7 +437,8 @@ def main(argv=None) -> int:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     cuda = args.device.startswith("cuda")
     args.jobs = args.jobs or (8 if cuda else 2)
-    args.num_workers = args.num_workers if args.num_workers is not None else (0 if args.tiny else 2)
+    # one loader worker each: on the H100 run 11 trainings with 2 workers each oversubscribed 16 cores
+    args.num_workers = args.num_workers if args.num_workers is not None else (0 if args.tiny else 1)
     args.threads = args.threads or (1 if args.tiny or not cuda else 2)
     args.data_workers = args.data_workers or max(1, min(16, os.cpu_count() or 1))
     args.ablations = (not args.tiny) if args.ablations is None else args.ablations
