@@ -1,6 +1,6 @@
 """Issue 11's whole experiment in one command: dataset, HyperCUTs, direction probe, deblurring matrix.
 
-  python experiments/order_matrix.py --out $OUT                 # one GPU (H100), 16 cores: about 7 min
+  python experiments/order_matrix.py --out $OUT                 # one GPU: one invocation of about 6 min, rerun to resume
   python experiments/order_matrix.py --tiny --out /tmp/om       # every stage at a tiny scale, on CPU
   ORDER_MATRIX_OUT=results/om python experiments/order_matrix.py
 
