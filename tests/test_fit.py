@@ -100,3 +100,31 @@ def test_bad_numbers_are_refused_before_any_work(data, tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
     args = train_hypercut.build_parser().parse_args(argv(data, tmp_path, "ok"))
     assert json.loads(json.dumps(vars(args), allow_nan=False))  # nothing non-finite reaches args.json
+
+
+def test_ctrl_c_during_training_keeps_the_last_epoch(data, tmp_path, monkeypatch, capsys):
+    """Ctrl-C in epoch 2: one line naming --resume, exit 130, epoch 1's state kept whole and no temporary
+    file left; --resume then finishes the run."""
+    import models.hypercut as hypercut_module
+    real_loss = hypercut_module.hypercut_loss
+    calls = {"n": 0}
+
+    def interrupted(scores):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the first step of epoch 2 (2 steps per epoch)
+            raise KeyboardInterrupt
+        return real_loss(scores)
+
+    monkeypatch.setattr(hypercut_module, "hypercut_loss", interrupted)
+    with pytest.raises(SystemExit) as info:
+        train_hypercut.main(argv(data, tmp_path, "int", "--epochs", "2"))
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 130 and "\n" not in err and "interrupted" in err and "--resume" in err
+    run = tmp_path / "int"
+    state = torch.load(run / "training_states" / "latest.pth", weights_only=True)
+    assert state["epoch"] == 1
+    assert not list(run.rglob("*.tmp")) and not (run / "models" / "0002.pth").exists()
+
+    monkeypatch.setattr(hypercut_module, "hypercut_loss", real_loss)
+    assert train_hypercut.main(argv(data, tmp_path, "int", "--epochs", "2", "--resume")) == 0
+    assert (run / "models" / "0002.pth").exists()
