@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from _machine import cpu_name  # noqa: E402  (a sibling: the benchmarks run as scripts)
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
@@ -499,15 +500,7 @@ def run_ssim(device, args, log) -> list[dict]:
 
 
 def machine(device) -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    lines = [f"- CPU: {cpu}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads",
+    lines = [f"- CPU: {cpu_name()}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads",
              f"- torch {torch.__version__}, Python {platform.python_version()}"]
     if device.type == "cuda":
         lines.append(f"- GPU: {torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}, "

@@ -18,7 +18,6 @@ jobs on the machine), best of --repeats, with --threads torch threads.
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
 import sys
 import time
@@ -28,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from _machine import cpu_name  # noqa: E402  (a sibling: the benchmarks run as scripts)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -104,14 +104,7 @@ def main(argv=None) -> int:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        cpu = platform.processor() or platform.machine()
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
+        cpu = cpu_name()
         cmd = "python benchmarks/" + Path(__file__).name + (" " + shlex.join(argv or sys.argv[1:])).rstrip()
         section = (f"## {time.strftime('%Y-%m-%d')}\n\n- machine: {cpu}, torch {torch.__version__}, "
                    f"{args.threads} torch thread(s); process CPU seconds, best of {args.repeats} "

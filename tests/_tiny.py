@@ -30,3 +30,12 @@ def plain(n_train=2, n_val=1, n_test=2, size=(40, 40)):
             + [(f"te/{i}", "test", size) for i in range(n_test)])
 
 
+
+
+def synthetic_dataset(root: Path, size: int, counts: dict, seed: int) -> Path:
+    """A small embedded (synthetic) dataset written through the project's own writer, at root."""
+    from datasets.synthetic import SyntheticConfig, generate
+    from datasets.writer import DatasetWriter
+    writer = DatasetWriter(root)
+    writer.commit(generate(SyntheticConfig(size=size, counts=counts, seed=seed), writer, progress=False))
+    return root

@@ -11,19 +11,14 @@ import torch
 import test_blur2vid
 import train_blur2vid
 import train_hypercut
-from datasets.synthetic import SyntheticConfig, generate
-from datasets.writer import DatasetWriter
+from _tiny import synthetic_dataset
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cuda") / "data"
-    writer = DatasetWriter(root)
-    writer.commit(generate(SyntheticConfig(size=64, counts={"train": 8, "val": 2, "test": 2}, seed=4), writer,
-                           progress=False))
-    return root
+    return synthetic_dataset(tmp_path_factory.mktemp("cuda") / "data", 64, {"train": 8, "val": 2, "test": 2}, seed=4)
 
 
 def finite(history) -> bool:

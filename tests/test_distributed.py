@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tiny import synthetic_dataset
 
-from datasets.synthetic import SyntheticConfig, generate
-from datasets.writer import DatasetWriter
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("_dist_train_worker.py")
@@ -21,11 +20,7 @@ RTOL, ATOL = 1e-4, 1e-6
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dist") / "data"
-    writer = DatasetWriter(root)
-    writer.commit(generate(SyntheticConfig(size=48, counts={"train": 8, "val": 3, "test": 1}, seed=5), writer,
-                           progress=False))
-    return root
+    return synthetic_dataset(tmp_path_factory.mktemp("dist") / "data", 48, {"train": 8, "val": 3, "test": 1}, seed=5)
 
 
 def run(script: str, out: Path, flags: list, processes: int) -> list:

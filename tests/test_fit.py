@@ -7,18 +7,13 @@ import torch
 from _cli import one_line_error
 
 import train_hypercut
-from datasets.synthetic import SyntheticConfig, generate
-from datasets.writer import DatasetWriter
 from utils.training import Amp, amp_dtype
+from _tiny import synthetic_dataset
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fit") / "data"
-    writer = DatasetWriter(root)
-    writer.commit(generate(SyntheticConfig(size=40, counts={"train": 4, "val": 2, "test": 1}, seed=1), writer,
-                           progress=False))
-    return root
+    return synthetic_dataset(tmp_path_factory.mktemp("fit") / "data", 40, {"train": 4, "val": 2, "test": 1}, seed=1)
 
 
 @pytest.fixture(autouse=True)

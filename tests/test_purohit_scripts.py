@@ -9,9 +9,8 @@ from _cli import one_line_error
 import inference
 import test_blur2vid
 import train_blur2vid
-from datasets.synthetic import SyntheticConfig, generate
-from datasets.writer import DatasetWriter
 from models import load_backbone
+from _tiny import synthetic_dataset
 
 WIDTH = "0.125"
 
@@ -26,11 +25,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("purohit") / "data"
-    writer = DatasetWriter(root)
-    writer.commit(generate(SyntheticConfig(size=40, counts={"train": 4, "val": 2, "test": 2}, seed=2), writer,
-                           progress=False))
-    return root
+    return synthetic_dataset(tmp_path_factory.mktemp("purohit") / "data", 40, {"train": 4, "val": 2, "test": 2}, seed=2)
 
 
 def train_argv(data, ckpts, *extra):
