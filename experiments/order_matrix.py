@@ -72,6 +72,11 @@ BUDGETS = {
     "long": (["--width_mult", "0.25", "--crop_size", "64", "--batch_size", "8", "--val_epoch", "12"], 48),
     "xlong": (["--width_mult", "0.25", "--crop_size", "64", "--batch_size", "8", "--val_epoch", "40"], 120),
 }
+# A GPU budget bounded by time, not epochs (--budgets wide): the paper's full-width Jin, bf16, batch 16 of
+# 64x64 crops, for --minutes of training each, the lr decayed x0.9 every 30 epochs (22 steps each).
+WIDE = ["--width_mult", "1", "--crop_size", "64", "--batch_size", "16", "--amp", "bf16", "--val_epoch", "100000",
+        "--state_every", "20", "--lr_decay", "30"]
+BUDGETS["wide"] = (WIDE, 100000)
 XLONG_ROWS = ("naive", "order_inv", "oracle", "naive_hc_ext", "hcloss_ext_a0")
 # The rows that start first: the longest runs of the most informative rows, then the demo budget's
 # key rows, then everything else (a run stopped by the deadline resumes on the next invocation).
@@ -92,16 +97,33 @@ ALPHAS = ("0", "0.02", "0.2")
 
 
 class Job:
-    def __init__(self, name, script, args, done: Path, deps=(), resumable: Path | None = None):
-        self.name, self.script, self.args, self.done, self.deps = name, script, [str(a) for a in args], done, set(deps)
+    """One command. `done`: the file whose existence means it finished, or a function saying so. An argument
+    may be a function, called when the command starts (a path known only then)."""
+    def __init__(self, name, script, args, done, deps=(), resumable: Path | None = None):
+        self.name, self.script, self.args, self.deps = name, script, list(args), set(deps)
+        self.is_done = done if callable(done) else done.exists
         self.resumable = resumable  # a training state: relaunch with --resume when it exists
         self.proc = self.log = None
-        self.state = "done" if done.exists() else "waiting"
+        self.state = "done" if self.is_done() else "waiting"
         self.seconds = None
 
     def command(self) -> list:
         extra = ["--resume"] if self.resumable is not None and self.resumable.exists() else []
-        return [sys.executable, self.script] + self.args + extra
+        return [sys.executable, self.script] + [str(a() if callable(a) else a) for a in self.args] + extra
+
+
+def last_model(run_dir: Path) -> Path | None:
+    found = sorted((run_dir / "models").glob("*.pth"))
+    return found[-1] if found else None
+
+
+def finished_run(run_dir: Path):
+    """Whether a train script's run ended (its log's last line says 'done:') with a model saved."""
+    def done() -> bool:
+        log = run_dir / "log.txt"
+        lines = log.read_text().strip().splitlines() if log.exists() else []
+        return bool(lines) and " done: " in lines[-1] and last_model(run_dir) is not None
+    return done
 
 
 def build_jobs(args, work: Path, out: Path) -> list:
@@ -123,7 +145,7 @@ def build_jobs(args, work: Path, out: Path) -> list:
         epochs = 1 if tiny else HYPERCUTS[v][1]
         return ck / f"hc_{v}" / "models" / f"{epochs:04d}.pth"
 
-    variants = [v for v in HYPERCUTS if v in MATRIX_HYPERCUTS or args.ablations]
+    variants = [v for v in HYPERCUTS if v in args.hypercuts or args.ablations]
     for v in variants:
         flags, epochs = HYPERCUTS[v]
         if tiny:
@@ -138,7 +160,7 @@ def build_jobs(args, work: Path, out: Path) -> list:
         jobs.append(Job(f"hctest_{v}", "test_hypercut.py",
                         ["--metadata_root", data, "--pretrained_path", hc_ckpt(v), "--output_json",
                          res / f"hypercut_{v}.json"] + device, res / f"hypercut_{v}.json", deps=[f"hc_{v}"]))
-        if v in MATRIX_HYPERCUTS:
+        if v in args.hypercuts:
             jobs.append(Job(f"order_{v}", "generate_order.py",
                             ["--metadata_root", data, "--pretrained_path", hc_ckpt(v), "--overwrite",
                              "--save_path", data / f"metadata_hc_{v}.json"] + device,
@@ -147,13 +169,13 @@ def build_jobs(args, work: Path, out: Path) -> list:
     probe_common = (TINY["probe"] if tiny else []) + device
     hc_paths = [hc_ckpt(v) for v in variants]
     for name, crop in (("probe", []), ("probe_full", ["--crop_size", "0"])):
-        if tiny and crop:
+        if (tiny and crop) or not args.probe:
             continue
         jobs.append(Job(name, "probe_order.py",
                         ["--metadata_root", data, "--hypercut_path"] + hc_paths + crop + probe_common
                         + ["--output_json", res / f"{name}.json"], res / f"{name}.json",
                         deps=["data"] + [f"hc_{v}" for v in variants]))
-    for v in MATRIX_HYPERCUTS:  # HyperCUT's full-image order (what generate_order writes) as seen by the probe
+    for v in args.hypercuts if args.probe else ():  # HyperCUT's full-image order (generate_order's) as the probe sees it
         jobs.append(Job(f"probe_order_{v}", "probe_order.py",
                         ["--metadata_root", data / f"metadata_hc_{v}.json", "--sources", "stored"] + probe_common
                         + ["--output_json", res / f"probe_order_{v}.json"], res / f"probe_order_{v}.json",
@@ -164,27 +186,44 @@ def build_jobs(args, work: Path, out: Path) -> list:
     rows.append(("order_inv", data, ["--loss_type", "order_inv"], ["data"], "paper"))
     rows.append(("pit", data, ["--loss_type", "pit"], ["data"], "paper"))
     rows.append(("oracle", data / "metadata_oracle.json", ["--loss_type", "naive"], ["oracle_order"], "paper"))
-    for v in MATRIX_HYPERCUTS:
+    for v in args.hypercuts:
         rows.append((f"naive_hc_{v}", data / f"metadata_hc_{v}.json", ["--loss_type", "naive"], [f"order_{v}"], v))
         for a in ALPHAS:
             rows.append((f"hcloss_{v}_a{a}", data, ["--loss_type", "hypercut", "--hypercut_path", hc_ckpt(v),
                                                     "--alpha", a], [f"hc_{v}"], v))
-    # priority: the demo budget's key rows first, then the rest, then the long budget
-    ordered = [("xlong", r) for r in rows if r[0] in XLONG_ROWS] + \
+    if args.rows:
+        unknown = sorted(set(args.rows) - {r[0] for r in rows})
+        if unknown:
+            raise SystemExit(f"error: --rows: unknown row(s) {', '.join(unknown)}; the rows are "
+                             + ", ".join(r[0] for r in rows))
+        rows = [r for r in rows if r[0] in args.rows]
+    # priority: the time-bounded budget, then the demo budget's key rows, then the rest, then the long budget
+    ordered = [("wide", r) for r in rows] + \
+              [("xlong", r) for r in rows if r[0] in XLONG_ROWS] + \
               [("demo", r) for r in rows if r[0] in KEY_ROWS] + \
               [("long", r) for r in rows if r[0] in KEY_ROWS] + \
               [("demo", r) for r in rows if r[0] not in KEY_ROWS] + \
               [("long", r) for r in rows if r[0] not in KEY_ROWS]
     for budget, (row, meta, loss, deps, hc) in ordered:
+        if budget not in args.budgets:
+            continue
+        hc = hc if hc in args.hypercuts else args.hypercuts[0]  # the HyperCUT that measures the predictions' hit
         flags, epochs = BUDGETS[budget]
+        amp = deblur_amp
+        if budget == "wide":
+            flags, amp = flags + ["--time_limit", args.minutes], []
         if tiny:
-            flags, epochs = TINY["jin"], 1
+            flags, epochs = TINY["jin"] + (["--time_limit", args.minutes] if budget == "wide" else []), 1
         exp = f"jin_{budget}_{row}"
-        model = ck / exp / "models" / f"{epochs:04d}.pth"
+        run_dir = ck / exp
+        if budget == "wide":
+            done, model = finished_run(run_dir), (lambda d=run_dir: last_model(d))
+        else:
+            done = model = run_dir / "models" / f"{epochs:04d}.pth"
         jobs.append(Job(exp, "train_blur2vid.py",
                         ["--metadata_root", meta, "--exp_name", exp, "--checkpoints_dir", ck, "--backbone", "Jin",
-                         "--epochs", epochs, "--display_step", "0"] + loss + flags + device + workers + deblur_amp, model, deps=deps,
-                        resumable=ck / exp / "training_states" / "latest.pth"))
+                         "--epochs", epochs, "--display_step", "0"] + loss + flags + device + workers + amp, done, deps=deps,
+                        resumable=run_dir / "training_states" / "latest.pth"))
         jobs.append(Job(f"eval_{budget}_{row}", "test_blur2vid.py",
                         ["--metadata_root", data, "--pretrained_path", model, "--no_lpips", "--hypercut_path",
                          hc_ckpt(hc), "--batch_size", "10", "--output_json", res / f"{exp}.json"] + device,
@@ -214,7 +253,7 @@ def run_jobs(jobs: list, args, out: Path) -> None:
             if rc is not None:
                 j.log.close()
                 j.seconds = time.time() - j.started
-                j.state = "done" if rc == 0 and j.done.exists() else ("stopped" if rc == "stopped" else "failed")
+                j.state = "done" if rc == 0 and j.is_done() else ("stopped" if rc == "stopped" else "failed")
                 print(f"[{now:6.0f} s] {j.state}: {j.name} ({j.seconds:.0f} s){'' if j.state == 'done' else ', see ' + str(logs / (j.name + '.log'))}",
                       flush=True)
         for j in jobs:  # a job whose dependency failed or was stopped cannot run
@@ -370,7 +409,6 @@ def write_report(args, work: Path, out: Path, jobs: list) -> None:
                       "pPSNR_1_7": 0.5 * (blur["pPSNR"][0] + blur["pPSNR"][-1])}
     table.append(["-", "blur as every frame", matrix["blur"]["pPSNR_1_7"], blur["pPSNR"][3], blur["pPSNR_mean"],
                   blur["pSSIM_mean"]] + [None] * 7)
-    series["blur as every frame"] = blur["pPSNR"]
     for budget in BUDGETS:
         for result in sorted(res.glob(f"jin_{budget}_*.json")):
             exp = result.stem
@@ -385,11 +423,10 @@ def write_report(args, work: Path, out: Path, jobs: list) -> None:
             matrix[exp] = entry
             oa = entry["order"]
             table.append([budget, row, entry["pPSNR_1_7"], r["pPSNR"][3], entry["pPSNR_mean"], entry["pSSIM_mean"],
-                          entry["hit"], oa.get("paper", {}).get("follows_oracle"),
+                          entry["hit"], next((f["follows_oracle"] for f in oa.values() if f.get("follows_oracle") is not None), None),
                           oa.get("paper", {}).get("follows_hypercut"), oa.get("ext", {}).get("follows_hypercut"),
                           terms.get("base"), terms.get("reg"), terms.get("total")])
-            if budget == "demo":
-                series[row] = r["pPSNR"]
+            series.setdefault(budget, {"blur as every frame": blur["pPSNR"]})[row] = r["pPSNR"]
     write_json(out / "matrix.json", {"matrix": matrix, "probes": probes,
                                      "jobs": {j.name: {"state": j.state, "seconds": j.seconds} for j in jobs}})
     if table:
@@ -399,8 +436,9 @@ def write_report(args, work: Path, out: Path, jobs: list) -> None:
                                  table, 3), "",
                   "Per-frame pPSNR / pSSIM of every run: matrix.json. follows_*: fraction of test sequences whose "
                   "prediction is in that order (utils/order_eval.py).", ""]
-    if series:
-        per_frame_plot(series, out / "per_frame_demo.png", title="pPSNR per frame, demo budget")
+    for budget, curves in series.items():
+        per_frame_plot(curves, out / f"per_frame_{budget}.png", title=f"pPSNR per frame, {budget} budget")
+    if "demo" in series:
         sequence_figures(work, out, args.device)
     failed = [j.name for j in jobs if j.state != "done"]
     if failed:
@@ -428,6 +466,13 @@ def main(argv=None) -> int:
                    help="also train the ablation HyperCUTs for the probe (default: on, except --tiny)")
     p.add_argument("--no_ablations", dest="ablations", action="store_false",
                    help="only the HyperCUTs of the matrix (paper, ext): leaves the GPU to the deblurring runs")
+    p.add_argument("--budgets", nargs="+", default=["demo", "long", "xlong"], choices=sorted(BUDGETS),
+                   help="deblurring budgets to run (wide: full-width Jin for --minutes each, one GPU)")
+    p.add_argument("--rows", nargs="+", default=None, help="only these rows of the matrix (default: all)")
+    p.add_argument("--hypercuts", nargs="+", default=list(MATRIX_HYPERCUTS), choices=list(MATRIX_HYPERCUTS),
+                   help="HyperCUTs that get deblurring rows")
+    p.add_argument("--no_probe", dest="probe", action="store_false", help="skip the direction probes")
+    p.add_argument("--minutes", type=float, default=6.0, help="training time of each run of the wide budget")
     args = p.parse_args(argv)
     if not args.out:
         print("error: give --out or set ORDER_MATRIX_OUT", file=sys.stderr)

@@ -123,3 +123,24 @@ def test_ctrl_c_during_training_keeps_the_last_epoch(data, tmp_path, monkeypatch
     monkeypatch.setattr(hypercut_module, "hypercut_loss", real_loss)
     assert train_hypercut.main(argv(data, tmp_path, "int", "--epochs", "2", "--resume")) == 0
     assert (run / "models" / "0002.pth").exists()
+
+
+def test_time_limit_ends_the_run_at_an_epoch_end_and_resume_continues(data, tmp_path, monkeypatch):
+    """--time_limit: the first epoch end past the limit is the run's last (model saved and validated, state
+    saved); --resume continues from it. --state_every N: states only every N epochs and at the last."""
+    history = train(argv(data, tmp_path, "tl", "--epochs", "5", "--val_epoch", "10", "--time_limit", "1e-9"))
+    run = tmp_path / "tl"
+    assert list(history["val"]) == [1] and len(history["losses"]) == 2
+    assert sorted(p.name for p in (run / "models").glob("*.pth")) == ["0001.pth"]
+    log = (run / "log.txt").read_text()
+    assert "--time_limit 1e-09 min reached after epoch 1" in log
+    assert torch.load(run / "training_states" / "latest.pth", weights_only=True)["epoch"] == 1
+
+    from utils.run import Run
+    saved, save_state = [], Run.save_state
+    monkeypatch.setattr(Run, "save_state", lambda self, epoch, *a, **k: (saved.append(epoch), save_state(self, epoch, *a, **k)))
+    history = train(argv(data, tmp_path, "tl", "--epochs", "4", "--val_epoch", "10", "--resume", "--state_every", "2"))
+    assert list(history["val"]) == [4] and len(history["losses"]) == 6  # epochs 2, 3, 4
+    assert saved == [2, 4]
+    assert sorted(p.name for p in (run / "models").glob("*.pth")) == ["0001.pth", "0004.pth"]
+    assert torch.load(run / "training_states" / "latest.pth", weights_only=True)["epoch"] == 4

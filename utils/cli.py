@@ -81,6 +81,9 @@ def add_train_args(parser: argparse.ArgumentParser, *, epochs: int = 100, lr: fl
     g = parser.add_argument_group("training")
     g.add_argument("--epochs", "--num_epochs", dest="epochs", type=int, default=epochs)
     g.add_argument("--max_steps", type=int, default=None, help="stop after this many optimiser steps (smoke runs)")
+    g.add_argument("--time_limit", type=float, default=None,
+                   help="minutes: end the run at the first epoch end after this much training time in this call, as "
+                        "if it were the last epoch (validated, model and training state saved; --resume continues)")
     g.add_argument("--crop_size", type=int, default=crop_size, help="training crop (square)")
     g.add_argument("--no_augment", action="store_true", help="train on the images as stored (crop only)")
     g.add_argument("--optimizer", default="ADAMax", choices=("SGD", "ADAM", "RMSprop", "ADAMax"))
@@ -92,6 +95,9 @@ def add_train_args(parser: argparse.ArgumentParser, *, epochs: int = 100, lr: fl
     g.add_argument("--gamma", type=float, default=0.9, help="learning-rate decay factor, in (0, 1]")
     g = parser.add_argument_group("logging")
     g.add_argument("--val_epoch", type=int, default=val_epoch, help="validate and save every N epochs")
+    g.add_argument("--state_every", type=int, default=1,
+                   help="write the training state (training_states/latest.pth) every N epochs and at the last; "
+                        "raise it for large models on short epochs")
     g.add_argument("--train_step", type=int, default=100, help="log the losses and lr every N steps")
     g.add_argument("--display_step", type=int, default=display_step,
                    help="write a training visualisation every N steps (0: never)")
@@ -133,7 +139,8 @@ _RANGES = {
     "batch_size": (1, False, 2 ** 31 - 1), "num_workers": (0, False, 256), "train_limit": (1, False, None),
     "val_limit": (1, False, None), "test_limit": (1, False, None), "seed": (0, False, 2 ** 32 - 1),
     # training
-    "epochs": (1, False, None), "max_steps": (1, False, None), "crop_size": (1, False, None),
+    "epochs": (1, False, None), "max_steps": (1, False, None), "time_limit": (0, True, None),
+    "state_every": (1, False, None), "crop_size": (1, False, None),
     "lr": (0, True, None), "weight_decay": (0, False, None), "gamma": (0, True, 1.0), "lr_decay": (1, False, None),
     "val_epoch": (1, False, None), "train_step": (1, False, None), "display_step": (0, False, None),
     "img_log_freq": (1, False, None), "load_epoch": (0, False, None), "skip_nonfinite": (0, False, None),
@@ -151,6 +158,8 @@ _RANGES = {
     "train_crops": (1, False, None), "test_crops": (1, False, None), "min_motion": (0, False, None),
     "steps": (1, False, None), "subcrop_size": (1, False, None), "subcrops": (1, False, None),
     "crop_consistency": (0, False, None), "workers": (1, False, 256),
+    # experiments/
+    "minutes": (0, True, None),
 }
 
 # Flags naming something a script writes: (kind, only when the script trains). Checked before any work,

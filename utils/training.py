@@ -294,7 +294,12 @@ def fit(args, *, model, train_set, val_set, step_fn, validate_fn, fields: dict, 
         complete = not stopped or len(steps) + skipped == len(loader)
         if complete:
             scheduler.step()  # once per epoch
-        last = stopped or epoch == args.epochs
+        out_of_time = (getattr(args, "time_limit", None) is not None and epoch < args.epochs
+                       and _any_rank(timer.elapsed() >= 60.0 * args.time_limit, dist_info))
+        if out_of_time:
+            run.log(f"--time_limit {args.time_limit:g} min reached after epoch {epoch} ({timer.elapsed():.0f} s): "
+                    "this epoch is the run's last (--resume with a larger limit continues)")
+        last = stopped or out_of_time or epoch == args.epochs
         if epoch % args.val_epoch == 0 or last:
             figures = validate_fn(net, epoch)
             history["val"][epoch] = figures
@@ -304,17 +309,29 @@ def fit(args, *, model, train_set, val_set, step_fn, validate_fn, fields: dict, 
                                           "args": plain_args(args), **fields})
             if path is not None:
                 run.log(f"saved {path}")
-        if complete:
+        if complete and (last or epoch % args.val_epoch == 0 or epoch % getattr(args, "state_every", 1) == 0):
             run.save_state(epoch, training_payload(model, optimizer, scheduler, epoch, step, args, extra()),
                            numbered=epoch % args.val_epoch == 0 or last)
         else:  # a state from the middle of an epoch could not resume exactly: keep the last full epoch's
             run.log(f"stopped in epoch {epoch} after --max_steps {args.max_steps} steps; "
                     "no training state saved for this partial epoch")
-        if stopped:
+        if stopped or out_of_time:
             break
     run.log(f"done: epoch {epoch}, step {step}, {timer.elapsed():.1f} s")
     run.close()
     return history
+
+
+def _any_rank(flag: bool, dist_info) -> bool:
+    """Whether `flag` holds on any rank (a decision to stop must be the same on every rank)."""
+    if not dist_info.distributed:
+        return bool(flag)
+    import torch.distributed as dist
+    t = torch.tensor(int(flag), dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t)
 
 
 def _all_finite(values: torch.Tensor, dist_info) -> bool:
