@@ -92,6 +92,7 @@ TINY = {
     "probe": ["--crop_size", "48", "--train_crops", "2", "--test_crops", "2", "--steps", "3", "6", "--batch_size", "8"],
 }
 
+LATE_MARGIN = 30.0  # seconds before --deadline after which not even an evaluation starts
 ROWS = ("naive", "order_inv", "pit", "oracle")  # the order-free rows; HyperCUT rows are added per variant
 ALPHAS = ("0", "0.02", "0.2")
 
@@ -99,8 +100,9 @@ ALPHAS = ("0", "0.02", "0.2")
 class Job:
     """One command. `done`: the file whose existence means it finished, or a function saying so. An argument
     may be a function, called when the command starts (a path known only then)."""
-    def __init__(self, name, script, args, done, deps=(), resumable: Path | None = None):
+    def __init__(self, name, script, args, done, deps=(), resumable: Path | None = None, late: bool = False):
         self.name, self.script, self.args, self.deps = name, script, list(args), set(deps)
+        self.late = late  # short (an evaluation): may start after --launch_deadline, until --deadline - LATE_MARGIN
         self.is_done = done if callable(done) else done.exists
         self.resumable = resumable  # a training state: relaunch with --resume when it exists
         self.proc = self.log = None
@@ -159,12 +161,12 @@ def build_jobs(args, work: Path, out: Path) -> list:
                         resumable=ck / f"hc_{v}" / "training_states" / "latest.pth"))
         jobs.append(Job(f"hctest_{v}", "test_hypercut.py",
                         ["--metadata_root", data, "--pretrained_path", hc_ckpt(v), "--output_json",
-                         res / f"hypercut_{v}.json"] + device, res / f"hypercut_{v}.json", deps=[f"hc_{v}"]))
+                         res / f"hypercut_{v}.json"] + device, res / f"hypercut_{v}.json", deps=["data", f"hc_{v}"]))
         if v in args.hypercuts:
             jobs.append(Job(f"order_{v}", "generate_order.py",
                             ["--metadata_root", data, "--pretrained_path", hc_ckpt(v), "--overwrite",
                              "--save_path", data / f"metadata_hc_{v}.json"] + device,
-                            data / f"metadata_hc_{v}.json", deps=[f"hc_{v}"]))
+                            data / f"metadata_hc_{v}.json", deps=["data", f"hc_{v}"]))
 
     probe_common = (TINY["probe"] if tiny else []) + device
     hc_paths = [hc_ckpt(v) for v in variants]
@@ -190,7 +192,7 @@ def build_jobs(args, work: Path, out: Path) -> list:
         rows.append((f"naive_hc_{v}", data / f"metadata_hc_{v}.json", ["--loss_type", "naive"], [f"order_{v}"], v))
         for a in ALPHAS:
             rows.append((f"hcloss_{v}_a{a}", data, ["--loss_type", "hypercut", "--hypercut_path", hc_ckpt(v),
-                                                    "--alpha", a], [f"hc_{v}"], v))
+                                                    "--alpha", a], ["data", f"hc_{v}"], v))
     if args.rows:
         unknown = sorted(set(args.rows) - {r[0] for r in rows})
         if unknown:
@@ -227,7 +229,9 @@ def build_jobs(args, work: Path, out: Path) -> list:
         jobs.append(Job(f"eval_{budget}_{row}", "test_blur2vid.py",
                         ["--metadata_root", data, "--pretrained_path", model, "--no_lpips", "--hypercut_path",
                          hc_ckpt(hc), "--batch_size", "10", "--output_json", res / f"{exp}.json"] + device,
-                        res / f"{exp}.json", deps=[exp, f"hc_{hc}"]))
+                        res / f"{exp}.json", deps=[exp, f"hc_{hc}"], late=True))
+    for j in jobs[1:]:  # everything reads the dataset; a dependency may be done already (a HyperCUT carried over)
+        j.deps.add("data")
     return jobs
 
 
@@ -260,22 +264,20 @@ def run_jobs(jobs: list, args, out: Path) -> None:
             if j.state == "waiting" and any(by_name[d].state in ("failed", "stopped", "skipped") for d in j.deps):
                 j.state = "skipped"
         running = [j for j in jobs if j.state == "running"]
-        if now < args.launch_deadline:
-            for j in jobs:
-                if len(running) >= args.jobs:
-                    break
-                if j.state == "waiting" and all(by_name[d].state == "done" for d in j.deps):
-                    j.log = open(logs / f"{j.name}.log", "a")
-                    cmd = j.command()
-                    j.log.write(f"$ {shlex.join(cmd)}\n")
-                    j.log.flush()
-                    j.proc = subprocess.Popen(cmd, cwd=REPO, stdout=j.log, stderr=subprocess.STDOUT, env=env)
-                    j.started, j.state = time.time(), "running"
-                    running.append(j)
-        else:
-            for j in jobs:
-                if j.state == "waiting":
-                    j.state = "skipped"
+        for j in jobs:  # past the launch deadline only evaluations start, and only until shortly before the stop
+            if j.state == "waiting" and now >= args.launch_deadline and (not j.late or now >= args.deadline - LATE_MARGIN):
+                j.state = "skipped"
+        for j in jobs:
+            if len(running) >= args.jobs:
+                break
+            if j.state == "waiting" and all(by_name[d].state == "done" for d in j.deps):
+                j.log = open(logs / f"{j.name}.log", "a")
+                cmd = j.command()
+                j.log.write(f"$ {shlex.join(cmd)}\n")
+                j.log.flush()
+                j.proc = subprocess.Popen(cmd, cwd=REPO, stdout=j.log, stderr=subprocess.STDOUT, env=env)
+                j.started, j.state = time.time(), "running"
+                running.append(j)
         if not running and not any(j.state == "waiting" for j in jobs):
             break
         if now - last_status > status_every:

@@ -142,5 +142,6 @@ def test_time_limit_ends_the_run_at_an_epoch_end_and_resume_continues(data, tmp_
     history = train(argv(data, tmp_path, "tl", "--epochs", "4", "--val_epoch", "10", "--resume", "--state_every", "2"))
     assert list(history["val"]) == [4] and len(history["losses"]) == 6  # epochs 2, 3, 4
     assert saved == [2, 4]
+    assert "stopped in epoch" not in (run / "log.txt").read_text()  # a skipped state is not a stopped epoch
     assert sorted(p.name for p in (run / "models").glob("*.pth")) == ["0001.pth", "0004.pth"]
     assert torch.load(run / "training_states" / "latest.pth", weights_only=True)["epoch"] == 4

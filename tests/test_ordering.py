@@ -164,20 +164,29 @@ def test_probe_bad_inputs(tiny, capsys):
     assert "--crop_size 100" in err
 
 
+def matrix_args(tiny, **kw):
+    import argparse
+    from experiments import order_matrix as om
+    base = dict(tiny=tiny, device="cuda", num_workers=2, data_workers=4, ablations=not tiny, probe=True,
+                budgets=list(om.BUDGETS), rows=None, hypercuts=list(om.MATRIX_HYPERCUTS), minutes=6.0)
+    return argparse.Namespace(**{**base, **kw})
+
+
 def test_order_matrix_jobs_are_well_formed(tmp_path):
     """The GPU driver's job list: every dependency names a job, every script exists, every training
     writes where its evaluation reads, and the matrix has its rows at every budget."""
-    import argparse
     from experiments import order_matrix as om
     for tiny in (True, False):
-        args = argparse.Namespace(tiny=tiny, device="cuda", num_workers=2, data_workers=4, ablations=not tiny)
-        jobs = om.build_jobs(args, tmp_path / "work", tmp_path / "out")
+        work = tmp_path / f"work_{tiny}"
+        jobs = om.build_jobs(matrix_args(tiny), work, tmp_path / "out")
         names = {j.name for j in jobs}
         assert len(names) == len(jobs)
         for j in jobs:
             assert j.deps <= names, (j.name, j.deps - names)
             assert (om.REPO / j.script).is_file()
             assert "--device" not in j.args or j.args[j.args.index("--device") + 1] == "cuda"
+            if j.name != "data":  # everything waits for the dataset, even if its other dependencies are done
+                assert "data" in j.deps, j.name
         for budget in om.BUDGETS:
             rows = {j.name[len(f"jin_{budget}_"):] for j in jobs if j.name.startswith(f"jin_{budget}_")}
             if budget == "xlong":
@@ -187,11 +196,54 @@ def test_order_matrix_jobs_are_well_formed(tmp_path):
                         "hcloss_paper_a0.2", "hcloss_ext_a0.02"} <= rows
         evals = [j for j in jobs if j.name.startswith("eval_")]
         trains = {j.name: j for j in jobs}
+        assert all(e.late for e in evals) and not any(j.late for j in jobs if j not in evals)
         for e in evals:
             train = trains[e.name.replace("eval_", "jin_", 1)]
-            assert str(train.done) == e.args[e.args.index("--pretrained_path") + 1]
-            # the deblurring runs train in float32 (bf16 slowed the narrow Jin on the H100)
-            assert train.args[train.args.index("--amp") + 1] == "off"
+            model = e.args[e.args.index("--pretrained_path") + 1]
+            amp = train.args[train.args.index("--amp") + 1] if "--amp" in train.args else None
+            if e.name.startswith("eval_wide_"):  # time-bounded: the model is whichever epoch it reached
+                run = work / "checkpoints" / train.name
+                assert callable(model) and model() is None and not train.is_done()
+                (run / "models").mkdir(parents=True)
+                torch.save({}, run / "models" / "0007.pth")
+                (run / "log.txt").write_text("x done: epoch 7, step 70, 360.0 s\n")
+                assert model() == run / "models" / "0007.pth" and train.is_done()
+                assert not tiny and amp == "bf16" or tiny
+                assert tiny or train.args[train.args.index("--time_limit") + 1] == 6.0
+            else:
+                assert model == train.args[train.args.index("--checkpoints_dir") + 1] / train.name / "models" / \
+                    f"{int(train.args[train.args.index('--epochs') + 1]):04d}.pth"
+                # the narrow deblurring runs train in float32 (bf16 slowed the narrow Jin on the H100)
+                assert amp == "off"
+
+
+def test_order_matrix_selects_budgets_rows_and_hypercuts(tmp_path):
+    from experiments import order_matrix as om
+    jobs = om.build_jobs(matrix_args(False, budgets=["wide"], rows=["naive", "oracle", "hcloss_ext_a0"],
+                                     hypercuts=["ext"], ablations=False, probe=False), tmp_path / "w", tmp_path / "o")
+    names = {j.name for j in jobs}
+    assert {n for n in names if n.startswith("jin_")} == {"jin_wide_naive", "jin_wide_oracle", "jin_wide_hcloss_ext_a0"}
+    assert not any(n.startswith(("probe", "hc_paper")) for n in names)
+    # the predictions' hit is measured with a HyperCUT that is trained in this run
+    assert all(str(tmp_path / "w" / "checkpoints" / "hc_ext") in str(j.args[j.args.index("--hypercut_path") + 1])
+               for j in jobs if j.name.startswith("eval_"))
+    with pytest.raises(SystemExit, match="unknown row.*naiv"):
+        om.build_jobs(matrix_args(False, rows=["naiv"]), tmp_path / "w", tmp_path / "o")
+
+
+def test_order_matrix_runs_evaluations_after_the_launch_deadline(tmp_path, capsys):
+    """Past --launch_deadline no training starts, but the evaluation of one that finished still does."""
+    from experiments import order_matrix as om
+    script = tmp_path / "touch.py"
+    script.write_text("import sys, time, pathlib\ntime.sleep(float(sys.argv[2]))\npathlib.Path(sys.argv[1]).touch()\n")
+    a, b, c = (tmp_path / n for n in "abc")
+    jobs = [om.Job("train", str(script), [a, 1.5], a),
+            om.Job("eval", str(script), [b, 0], b, deps=["train"], late=True),
+            om.Job("train2", str(script), [c, 0], c, deps=["train"])]
+    args = matrix_args(True, jobs=3, threads=1, launch_deadline=0.5, deadline=60.0)
+    om.run_jobs(jobs, args, tmp_path / "out")
+    assert [j.state for j in jobs] == ["done", "done", "skipped"]
+    assert a.exists() and b.exists() and not c.exists()
 
 
 def test_last_epoch_terms_reads_the_train_log(tmp_path):

@@ -309,9 +309,10 @@ def fit(args, *, model, train_set, val_set, step_fn, validate_fn, fields: dict, 
                                           "args": plain_args(args), **fields})
             if path is not None:
                 run.log(f"saved {path}")
-        if complete and (last or epoch % args.val_epoch == 0 or epoch % getattr(args, "state_every", 1) == 0):
-            run.save_state(epoch, training_payload(model, optimizer, scheduler, epoch, step, args, extra()),
-                           numbered=epoch % args.val_epoch == 0 or last)
+        if complete:
+            if last or epoch % args.val_epoch == 0 or epoch % getattr(args, "state_every", 1) == 0:
+                run.save_state(epoch, training_payload(model, optimizer, scheduler, epoch, step, args, extra()),
+                               numbered=epoch % args.val_epoch == 0 or last)
         else:  # a state from the middle of an epoch could not resume exactly: keep the last full epoch's
             run.log(f"stopped in epoch {epoch} after --max_steps {args.max_steps} steps; "
                     "no training state saved for this partial epoch")
