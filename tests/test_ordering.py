@@ -324,3 +324,37 @@ def test_method_figures_with_each_backbone(tiny, tmp_path):
     assert gif.size == (3 * 64 + 2 * 2, 64) and gif.n_frames == 12
     sheet = Image.open(tmp_path / "sequence_0.png")
     assert sheet.format == "PNG" and sheet.size[0] > 9 * 64
+
+
+def test_wide_report_reads_json_csv_and_logs(tmp_path, capsys):
+    """experiments/wide_report.py: figures from a run's JSON, or its CSV when only that came back; the loss
+    curve from log.txt (the hypercut loss's base term); gains on frames 1/7 over random order and order_inv."""
+    from experiments import wide_report
+    res = tmp_path / "res"
+    res.mkdir()
+    (res / "blur.json").write_text(json.dumps({"pPSNR": [19.0, 20, 21, 22, 21, 20, 19.0],
+                                                "pSSIM": [0.5] * 7}))
+    (res / "jin_wide_naive.json").write_text(json.dumps({"pPSNR": [18.0, 20, 21, 22, 21, 20, 18.5],
+                                                          "pSSIM": [0.4] * 7, "hit": None}))
+    (res / "jin_wide_order_inv.csv").write_text(
+        "metric,frame_1,frame_2,frame_3,frame_4,frame_5,frame_6,frame_7,mean\n"
+        "pPSNR,17,19,20,21,20,19,17,19\npSSIM,0.3,0.3,0.3,0.3,0.3,0.3,0.3,0.3\npLPIPS,,,,,,,,\n")
+    (res / "jin_wide_hcloss_ext_a0.json").write_text(json.dumps({"pPSNR": [19.5, 20, 21, 22, 21, 20, 19.5],
+                                                                  "pSSIM": [0.45] * 7, "hit": 1.0}))
+    (res / "jin_wide_hcloss_ext_a0_log.txt").write_text(
+        "t epoch 1/9 | step 22 | total 0.10000 | base 0.09000 | reg 2.0 | lr 0.0005 | 5 s\n"
+        "t val epoch 1 | pPSNR 20.0\n"
+        "t epoch 2/9 | step 44 | total 0.05000 | base 0.04000 | reg 2.0 | lr 0.0005 | 5 s\n")
+    out = tmp_path / "r.md"
+    assert wide_report.main(["--results", str(res), "--out", str(out), "--figures", str(tmp_path / "f")]) == 0
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["runs"]["order_inv"]["pPSNR"][3] == 21.0 and summary["runs"]["order_inv"]["hit"] is None
+    assert summary["runs"]["hcloss_ext_a0"]["log"] == {"epoch": [1, 2], "step": [22, 44], "loss": [0.09, 0.04]}
+    gains = summary["gains_1_7"]["hcloss_ext_a0"]
+    assert gains["over_random"] == pytest.approx(19.5 - 18.25) and gains["over_order_inv"] == pytest.approx(2.5)
+    text = out.read_text()
+    assert "| hypercut loss, our HyperCUT, alpha 0 | 2 / 44 | 19.50 |" in text and "(no log)" in text
+    assert (tmp_path / "f" / "wide_per_frame.png").stat().st_size > 1000
+    assert (tmp_path / "f" / "wide_train_loss.png").stat().st_size > 1000
+    with pytest.raises(SystemExit, match="blur.json is missing"):
+        wide_report.main(["--results", str(tmp_path), "--out", str(out), "--figures", str(tmp_path / "f")])

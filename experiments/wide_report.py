@@ -1,0 +1,115 @@
+"""The report of the time-bounded full-width budget (experiments/order_matrix.py --budgets wide) from the
+files a device run brought back: test_blur2vid.py results (.json, or .csv where only that came back), the
+runs' log.txt, and the blur-as-every-frame baseline. Writes a markdown table, a JSON summary, the per-frame
+pPSNR plot and the training-loss curves (the naive loss, or the hypercut loss's base term, per epoch).
+
+  python experiments/wide_report.py --results docs/results/wide_h100 --out docs/results/wide_h100.md \
+      --figures docs/figures --prefix h100_wide --card "NVIDIA H100 80GB HBM3"
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from utils.cli import ArgumentParser  # noqa: E402  (after the path)
+
+ROWS = [("order_inv", "order_inv (the paper's baseline)"), ("naive", "naive, stored (random) order"),
+        ("oracle", "naive on the oracle order (ceiling)"), ("naive_hc_ext", "naive on our HyperCUT's order"),
+        ("hcloss_ext_a0", "hypercut loss, our HyperCUT, alpha 0")]
+EPOCH_LINE = re.compile(r"epoch (\d+)/\d+ \| step (\d+) \| total ([\d.]+)(?: \| base ([\d.]+))?")
+
+
+def read_result(folder: Path, row: str) -> dict | None:
+    """pPSNR/pSSIM per frame and hit of one run: its test_blur2vid JSON, else the CSV it also wrote."""
+    js, cs = folder / f"jin_wide_{row}.json", folder / f"jin_wide_{row}.csv"
+    if js.exists():
+        r = json.loads(js.read_text())
+        return {"pPSNR": r["pPSNR"], "pSSIM": r["pSSIM"], "hit": r.get("hit")}
+    if cs.exists():
+        with open(cs, newline="") as fh:
+            table = {line[0]: [float(v) for v in line[1:-1]] for line in csv.reader(fh)
+                     if line and line[0] in ("pPSNR", "pSSIM")}
+        return {"pPSNR": table["pPSNR"], "pSSIM": table["pSSIM"], "hit": None}
+    return None
+
+
+def read_log(path: Path) -> dict:
+    """Per-epoch (epoch, step, image loss) of a train_blur2vid log.txt; the image loss is the hypercut
+    loss's base term when there is one (with alpha 0 it equals the total)."""
+    epochs, steps, loss = [], [], []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            m = EPOCH_LINE.search(line)
+            if m and "val epoch" not in line:
+                epochs.append(int(m[1]))
+                steps.append(int(m[2]))
+                loss.append(float(m[4] if m[4] is not None else m[3]))
+    return {"epoch": epochs, "step": steps, "loss": loss}
+
+
+def main(argv=None) -> int:
+    p = ArgumentParser(description=__doc__)
+    p.add_argument("--results", required=True, help="folder with jin_wide_<row>.json/.csv, *_log.txt, blur.json")
+    p.add_argument("--out", required=True, help="markdown report to write (a .json beside it)")
+    p.add_argument("--figures", required=True, help="folder for the two PNGs")
+    p.add_argument("--prefix", default="wide", help="file name prefix of the PNGs")
+    p.add_argument("--card", default="", help="the GPU's name, for the titles")
+    args = p.parse_args(argv)
+    from utils.checkpoint import atomic_write_text
+    from utils.figures import curves_plot, per_frame_plot
+    from utils.report import markdown_table, write_json
+    folder, out, figs = Path(args.results), Path(args.out), Path(args.figures)
+    blur_path = folder / "blur.json"
+    if not blur_path.exists():
+        raise SystemExit(f"error: {blur_path} is missing (utils.order_eval.blur_baseline on the test split)")
+    blur = json.loads(blur_path.read_text())
+    summary, table, series, curves = {}, [], {"blur as every frame": blur["pPSNR"]}, {}
+    def f(v, digits):
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    table.append(["blur as every frame (no network)", "-", f(0.5 * (blur["pPSNR"][0] + blur["pPSNR"][-1]), 2),
+                  f(blur["pPSNR"][3], 2), f(sum(blur["pPSNR"]) / 7, 2), f(sum(blur["pSSIM"]) / 7, 3), "-", "-"])
+    for row, label in ROWS:
+        r = read_result(folder, row)
+        if r is None:
+            continue
+        log = read_log(folder / f"jin_wide_{row}_log.txt")
+        f17 = 0.5 * (r["pPSNR"][0] + r["pPSNR"][-1])
+        summary[row] = {**r, "label": label, "pPSNR_1_7": f17, "pPSNR_mean": sum(r["pPSNR"]) / len(r["pPSNR"]),
+                        "pSSIM_mean": sum(r["pSSIM"]) / len(r["pSSIM"]), "log": log}
+        last = f"{log['epoch'][-1]} / {log['step'][-1]}" if log["epoch"] else "(no log)"
+        table.append([label, last, f(f17, 2), f(r["pPSNR"][3], 2), f(summary[row]["pPSNR_mean"], 2),
+                      f(summary[row]["pSSIM_mean"], 3), f(r["hit"], 2), f(log["loss"][-1] if log["loss"] else None, 4)])
+        series[label] = r["pPSNR"]
+        if log["step"] and row != "order_inv":  # order_inv's loss is over pairs: another scale
+            curves[label] = (log["step"][1:], log["loss"][1:])  # from epoch 2: epoch 1's mean dwarfs the rest
+    card = f" ({args.card})" if args.card else ""
+    per_frame = per_frame_plot(series, figs / f"{args.prefix}_per_frame.png",
+                               title=f"pPSNR per frame, test split, full-width Jin, 1,078-1,584 steps{card}")
+    loss = curves_plot(curves, figs / f"{args.prefix}_train_loss.png", "step (batch 16, 64x64 crops)",
+                       "training L1 (epoch mean)", title=f"image loss per epoch, from epoch 2{card}")
+    lines = markdown_table(["run", "epochs / steps", "pPSNR 1/7", "pPSNR 4", "pPSNR mean", "pSSIM mean",
+                            "hit (pred)", "last epoch's loss"], table)
+    ref = summary.get("naive", {}).get("pPSNR_1_7"), summary.get("order_inv", {}).get("pPSNR_1_7")
+    gains = {row: {"over_random": None if ref[0] is None else s["pPSNR_1_7"] - ref[0],
+                   "over_order_inv": None if ref[1] is None else s["pPSNR_1_7"] - ref[1]}
+             for row, s in summary.items()}
+    write_json(out.with_suffix(".json"), {"card": args.card, "blur": blur, "runs": summary, "gains_1_7": gains})
+    atomic_write_text(out, "\n".join([f"# Full-width Jin, time-bounded budget{card}", "", lines, "",
+                                      "Gain in pPSNR on frames 1/7 (dB): " + "; ".join(
+                                          f"{row}: {g['over_random']:+.2f} over random, {g['over_order_inv']:+.2f} over order_inv"
+                                          for row, g in gains.items() if g["over_random"] is not None
+                                          and g["over_order_inv"] is not None), "",
+                                      f"Figures: {per_frame}, {loss}", ""]))
+    print(out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
