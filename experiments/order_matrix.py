@@ -461,9 +461,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="OMP threads per command (default 2; tiny 1)")
     p.add_argument("--data_workers", type=int, default=None, help="dataset rendering processes (default: CPU count)")
     p.add_argument("--launch_deadline", type=float, default=None,
-                   help="start no command after this many seconds (default 300; none with --tiny)")
+                   help="start no command after this many seconds, evaluations excepted (default 300; none with --tiny)")
     p.add_argument("--deadline", type=float, default=None,
-                   help="stop running commands after this many seconds (default 340; none with --tiny)")
+                   help="stop running commands after this many seconds (default 340, or the launch deadline + "
+                        "--minutes + 2 min with --budgets wide; none with --tiny)")
     p.add_argument("--ablations", action="store_true", default=None,
                    help="also train the ablation HyperCUTs for the probe (default: on, except --tiny)")
     p.add_argument("--no_ablations", dest="ablations", action="store_false",
@@ -476,6 +477,13 @@ def main(argv=None) -> int:
     p.add_argument("--no_probe", dest="probe", action="store_false", help="skip the direction probes")
     p.add_argument("--minutes", type=float, default=6.0, help="training time of each run of the wide budget")
     args = p.parse_args(argv)
+    from utils.cli import check_flags
+    from utils.errors import FlagError
+    try:
+        check_flags(args)  # --minutes > 0, --num_workers in range, ...
+    except FlagError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if not args.out:
         print("error: give --out or set ORDER_MATRIX_OUT", file=sys.stderr)
         return 2
@@ -490,8 +498,11 @@ def main(argv=None) -> int:
     args.data_workers = args.data_workers or max(1, min(16, os.cpu_count() or 1))
     args.ablations = (not args.tiny) if args.ablations is None else args.ablations
     never = float("inf")
+    # one device call of under 10 minutes by default; with the wide budget, long enough for a run started at
+    # the launch deadline to train its --minutes, validate and be evaluated
     args.launch_deadline = args.launch_deadline or (never if args.tiny else 300.0)
-    args.deadline = args.deadline or (never if args.tiny else 340.0)
+    wide_end = args.launch_deadline + 60.0 * args.minutes + 120.0 if "wide" in args.budgets else 0.0
+    args.deadline = args.deadline or (never if args.tiny else max(340.0, wide_end))
     out = Path(args.out).resolve()
     work = Path(args.work or REPO / ("runs/order_matrix_tiny" if args.tiny else "runs/order_matrix")).resolve()
     out.mkdir(parents=True, exist_ok=True)
