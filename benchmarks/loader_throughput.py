@@ -40,6 +40,9 @@ import torchvision  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_name  # noqa: E402  (a sibling: the benchmarks run as scripts)
+
 RESULTS = REPO / "benchmarks" / "results" / "loader_throughput.md"
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
 
@@ -104,16 +107,6 @@ def measure(dataset, workers: int, batch_size: int, batches: int) -> tuple:
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     del it
     return n / elapsed, (1000.0 * cpu / n if workers == 0 else None)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv=None) -> int:
@@ -201,7 +194,7 @@ def main(argv=None) -> int:
             lines.append("| " + " | ".join(row) + " |")
         table = "\n".join(lines)
         command = "python benchmarks/loader_throughput.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-        machine = (f"{cpu_model()}, {os.cpu_count()} logical cores visible; "
+        machine = (f"{cpu_name()}, {os.cpu_count()} logical cores visible; "
                    f"Python {platform.python_version()}, torch {torch.__version__}, "
                    f"torchvision {torchvision.__version__}, Pillow {Image.__version__}")
         setup = (f"{len(entries)} sequences of {t} sharp frames + blur, {h}x{w} PNG (mean {png_mb:.2f} MB), "
