@@ -83,18 +83,14 @@ def per_frame_plot(series: dict, path, ylabel: str = "pPSNR (dB)", title: str | 
     return _save_figure(fig, path)
 
 
-def curves_plot(series: dict, path, xlabel: str, ylabel: str, title: str | None = None,
-                hlines: dict | None = None) -> Path:
-    """One line per entry of {label: (xs, ys)}, plus dashed horizontal lines {label: y} (reference levels)."""
+def curves_plot(series: dict, path, xlabel: str, ylabel: str, title: str | None = None) -> Path:
+    """One line per entry of {label: (xs, ys)}."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, lw=1.2, label=label)
-    for label, y in (hlines or {}).items():
-        ax.axhline(y, color="grey", lw=0.8, ls="--")
-        ax.annotate(label, (ax.get_xlim()[0], y), fontsize=7, color="grey", va="bottom")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

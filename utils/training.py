@@ -323,27 +323,26 @@ def fit(args, *, model, train_set, val_set, step_fn, validate_fn, fields: dict, 
     return history
 
 
-def _any_rank(flag: bool, dist_info) -> bool:
-    """Whether `flag` holds on any rank (a decision to stop must be the same on every rank)."""
+def _on_every_rank(flag, dist_info, every: bool) -> bool:
+    """Whether `flag` (a bool or a 0-d tensor) holds on every rank (every=True) or on any rank, so that
+    all ranks take the same decision (one that stopped alone would leave the others waiting forever)."""
     if not dist_info.distributed:
         return bool(flag)
     import torch.distributed as dist
-    t = torch.tensor(int(flag), dtype=torch.int32)
+    t = torch.as_tensor(flag).to(torch.int32)
     if dist.get_backend() == "nccl":
         t = t.to(torch.device("cuda", torch.cuda.current_device()))
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN if every else dist.ReduceOp.MAX)
     return bool(t)
 
 
+def _any_rank(flag: bool, dist_info) -> bool:
+    return _on_every_rank(flag, dist_info, every=False)
+
+
 def _all_finite(values: torch.Tensor, dist_info) -> bool:
-    """Whether every value is finite on every rank (ranks must agree, or one would wait forever)."""
-    ok = torch.isfinite(values).all().to(torch.int32)
-    if dist_info.distributed:
-        import torch.distributed as dist
-        if dist.get_backend() == "nccl":
-            ok = ok.to(torch.device("cuda", torch.cuda.current_device()))
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return bool(ok)
+    """Whether every value is finite on every rank."""
+    return _on_every_rank(torch.isfinite(values).all(), dist_info, every=True)
 
 
 def _log_interval(run, names, values, step, optimizer) -> None:
