@@ -76,6 +76,9 @@ def build_parser() -> ArgumentParser:
     x.add_argument("--subcrops", type=int, default=2, help="sub-crops per sequence (with --subcrop_size)")
     x.add_argument("--crop_consistency", type=float, default=0.0,
                    help="weight of the term asking a sequence's sub-crops to land on one side (0: the paper)")
+    x.add_argument("--lowpass", type=float, default=0.0, metavar="SIGMA",
+                   help="Gaussian low-pass (sigma in pixels) of both frames before f, kept in the checkpoint and "
+                        "applied wherever the model judges (0: the paper)")
     return parser
 
 
@@ -93,7 +96,7 @@ def check_args(args) -> None:
 def build_model(args) -> HyperCUT:
     # Reference convention (BGR, ImageNet statistics) so checkpoints match the released ones.
     return HyperCUT(out_dim=args.out_dim, f_func=args.f_func, g_func=args.g_func, slope=args.slope,
-                    input_convention=REFERENCE_BGR_IMAGENET)
+                    input_convention=REFERENCE_BGR_IMAGENET, lowpass=args.lowpass)
 
 
 def build_datasets(args):

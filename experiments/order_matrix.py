@@ -214,6 +214,7 @@ def build_jobs(args, work: Path, out: Path) -> list:
         amp = deblur_amp
         if budget == "wide":
             flags, amp = flags + ["--time_limit", args.minutes], []
+            epochs = args.wide_epochs or epochs
         if tiny:
             flags, epochs = TINY["jin"] + (["--time_limit", args.minutes] if budget == "wide" else []), 1
         exp = f"jin_{budget}_{row}"
@@ -476,6 +477,9 @@ def main(argv=None) -> int:
                    help="HyperCUTs that get deblurring rows")
     p.add_argument("--no_probe", dest="probe", action="store_false", help="skip the direction probes")
     p.add_argument("--minutes", type=float, default=6.0, help="training time of each run of the wide budget")
+    p.add_argument("--wide_epochs", type=int, default=None,
+                   help="also stop each wide run after this many epochs (22 steps each), so that rows run in "
+                        "different calls see the same batches; default: --minutes alone")
     args = p.parse_args(argv)
     from utils.cli import check_flags
     from utils.errors import FlagError

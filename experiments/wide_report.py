@@ -21,7 +21,13 @@ from utils.cli import ArgumentParser  # noqa: E402  (after the path)
 
 ROWS = [("order_inv", "order_inv (the paper's baseline)"), ("naive", "naive, stored (random) order"),
         ("oracle", "naive on the oracle order (ceiling)"), ("naive_hc_ext", "naive on our HyperCUT's order"),
-        ("hcloss_ext_a0", "hypercut loss, our HyperCUT, alpha 0")]
+        ("hcloss_ext_a0", "hypercut loss, our HyperCUT, alpha 0"), ("pit", "pit (min over both orders)"),
+        ("naive_hc_paper", "naive on the paper HyperCUT's order"),
+        ("hcloss_paper_a0", "hypercut loss, paper's HyperCUT, alpha 0"),
+        ("hcloss_paper_a0.02", "hypercut loss, paper's HyperCUT, alpha 0.02"),
+        ("hcloss_paper_a0.2", "hypercut loss, paper's HyperCUT, alpha 0.2 (the paper's)"),
+        ("hcloss_ext_a0.02", "hypercut loss, our HyperCUT, alpha 0.02"),
+        ("hcloss_ext_a0.2", "hypercut loss, our HyperCUT, alpha 0.2")]
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+ \| step (\d+) \| total ([\d.]+)(?: \| base ([\d.]+))?")
 
 
@@ -90,8 +96,10 @@ def main(argv=None) -> int:
         if log["step"] and row != "order_inv":  # order_inv's loss is over pairs: another scale
             curves[label] = (log["step"][1:], log["loss"][1:])  # from epoch 2: epoch 1's mean dwarfs the rest
     card = f" ({args.card})" if args.card else ""
+    ends = sorted(s["log"]["step"][-1] for s in summary.values() if s["log"]["step"])
+    steps = "" if not ends else f", {ends[0]:,} steps" if ends[0] == ends[-1] else f", {ends[0]:,}-{ends[-1]:,} steps"
     per_frame = per_frame_plot(series, figs / f"{args.prefix}_per_frame.png",
-                               title=f"pPSNR per frame, test split, full-width Jin, 1,078-1,584 steps{card}")
+                               title=f"pPSNR per frame, test split, full-width Jin{steps}{card}")
     loss = curves_plot(curves, figs / f"{args.prefix}_train_loss.png", "step (batch 16, 64x64 crops)",
                        "training L1 (epoch mean)", title=f"image loss per epoch, from epoch 2{card}")
     lines = markdown_table(["run", "epochs / steps", "pPSNR 1/7", "pPSNR 4", "pPSNR mean", "pSSIM mean",
@@ -103,9 +111,9 @@ def main(argv=None) -> int:
     write_json(out.with_suffix(".json"), {"card": args.card, "blur": blur, "runs": summary, "gains_1_7": gains})
     atomic_write_text(out, "\n".join([f"# Full-width Jin, time-bounded budget{card}", "", lines, "",
                                       "Gain in pPSNR on frames 1/7 (dB): " + "; ".join(
-                                          f"{row}: {g['over_random']:+.2f} over random, {g['over_order_inv']:+.2f} over order_inv"
-                                          for row, g in gains.items() if g["over_random"] is not None
-                                          and g["over_order_inv"] is not None), "",
+                                          f"{row}: " + ", ".join(f"{v:+.2f} over {k[5:].replace('_', ' ')}"
+                                                                 for k, v in g.items() if v is not None)
+                                          for row, g in gains.items() if any(v is not None for v in g.values())), "",
                                       f"Figures: {per_frame}, {loss}", ""]))
     print(out.read_text())
     return 0

@@ -10,6 +10,7 @@ Module and parameter names follow the authors' code, so their plain state dict
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -190,6 +191,23 @@ def sequence_pairs(num_frames: int, include_reversed: bool = True) -> list[tuple
     return pairs
 
 
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    """A normalised 1-d Gaussian of standard deviation sigma (pixels), radius ceil(3 sigma)."""
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def separable_blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) convolved with kernel along W then H, per channel; borders replicated, so a
+    constant image is unchanged."""
+    c, r = x.shape[1], kernel.numel() // 2
+    k = kernel.to(x.dtype)
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
 class HyperCUT(nn.Module):
     """f, g and the hyperplane; `input_convention` says what space f's input is in.
 
@@ -199,8 +217,10 @@ class HyperCUT(nn.Module):
 
     def __init__(self, out_dim: int = 128, f_func: str = "ResnetIm2Vec", g_func: str = "Concat",
                  slope: float = REFERENCE_SLOPE, input_convention: InputConvention = REFERENCE_BGR_IMAGENET,
-                 hyperplane_seed: int = HYPERPLANE_SEED):
+                 hyperplane_seed: int = HYPERPLANE_SEED, lowpass: float = 0.0):
         super().__init__()
+        if not lowpass >= 0:
+            raise ValueError(f"lowpass (a Gaussian's sigma in pixels) must be >= 0, got {lowpass}")
         if g_func not in G_FUNCS:
             raise ValueError(f"unknown g_func {g_func!r}; choose from {sorted(G_FUNCS)}")
         if f_func not in F_FUNCS:
@@ -212,6 +232,12 @@ class HyperCUT(nn.Module):
         self.hyperplane = Hyperplane(out_dim, seed=hyperplane_seed)
         self.input_convention = input_convention
         self.config = {"out_dim": int(out_dim), "f_func": f_func, "g_func": g_func, "slope": float(slope)}
+        # Our extension (docs/ordering.md): both frames low-passed before g and f, so that f can only use
+        # what survives a motion blur. Recorded in the config only when on: the paper's model is unchanged.
+        self.lowpass = float(lowpass)
+        if self.lowpass > 0:
+            self.config["lowpass"] = self.lowpass
+            self.register_buffer("_lowpass_kernel", gaussian_kernel1d(self.lowpass), persistent=False)
 
     @property
     def out_dim(self) -> int:
@@ -226,6 +252,8 @@ class HyperCUT(nn.Module):
 
     def embed_pair(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """d = f(g(a, b)) for frames (B, 3, H, W) in the network's space -> (B, D)."""
+        if self.lowpass > 0:
+            a, b = separable_blur(a, self._lowpass_kernel), separable_blur(b, self._lowpass_kernel)
         return self.f_func(self.g_func(a, b))
 
     def score(self, d: torch.Tensor) -> torch.Tensor:
@@ -294,7 +322,7 @@ def order_decisions(scores: torch.Tensor) -> torch.Tensor:
     return (u[:, 0] < 0) & (u[:, 0] * u[:, 1] > 0) & (u[:, 0] * u[:, 2] > 0)
 
 
-_CONFIG_KEYS = ("out_dim", "f_func", "g_func", "slope")
+_CONFIG_KEYS = ("out_dim", "f_func", "g_func", "slope", "lowpass")
 
 
 def build_hypercut(config: Mapping | None = None, input_convention=None) -> HyperCUT:

@@ -228,3 +228,41 @@ def test_too_small_images_and_short_sequences_are_clear_errors():
         model(torch.rand(1, 7, 3, 32, 64))
     with pytest.raises(ValueError, match="at least 6 frames"):
         model(torch.rand(1, 5, 3, 40, 40))
+
+
+def test_lowpass_filter_values():
+    from models.hypercut import gaussian_kernel1d, separable_blur
+    k = gaussian_kernel1d(2.0)
+    assert k.numel() == 13 and abs(k.sum().item() - 1) < 1e-6 and k.argmax().item() == 6
+    assert abs(k[6].item() / k[8].item() - math.exp(0.5)) < 1e-5  # exp(-x^2 / 2 sigma^2) at x = 0 and 2
+    const = torch.full((2, 3, 20, 24), 0.7)
+    torch.testing.assert_close(separable_blur(const, k), const)
+    # a checkerboard (the finest detail) is all but erased; a one-pixel impulse becomes the 2-d kernel
+    checker = ((torch.arange(20).view(-1, 1) + torch.arange(24).view(1, -1)) % 2).float().expand(1, 3, 20, 24)
+    assert separable_blur(checker, k)[..., 6:-6, 6:-6].std() < 1e-3
+    impulse = torch.zeros(1, 1, 21, 21)
+    impulse[..., 10, 10] = 1
+    torch.testing.assert_close(separable_blur(impulse, k)[0, 0, 4:17, 4:17], torch.outer(k, k))
+
+
+def test_lowpass_model_judges_blurred_frames_and_round_trips(tmp_path):
+    from models.hypercut import gaussian_kernel1d, separable_blur
+    torch.manual_seed(3)
+    plain = build_hypercut({"out_dim": 32}, input_convention=RGB_UNIT).eval()
+    low = build_hypercut({"out_dim": 32, "lowpass": 1.5}, input_convention=RGB_UNIT).eval()
+    low.load_state_dict(plain.state_dict())  # the filter adds no weights: the same state dict loads
+    assert plain.config == {"out_dim": 32, "f_func": "ResnetIm2Vec", "g_func": "Concat", "slope": 1.0}
+    assert low.config["lowpass"] == 1.5
+    x = torch.rand(2, 7, 3, 40, 40)
+    blurred = separable_blur(x.flatten(0, 1), gaussian_kernel1d(1.5)).view_as(x)
+    with torch.no_grad():
+        torch.testing.assert_close(low(x)[1], plain(blurred)[1], rtol=1e-4, atol=1e-5)
+        assert (low(x)[1] - plain(x)[1]).abs().max() > 1e-3  # the filter does change the scores
+    path = tmp_path / "0001.pth"
+    torch.save({"model": low.state_dict(), **low.checkpoint_fields()}, path)
+    loaded = load_hypercut(path)
+    assert loaded.config == low.config
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[1], low(x)[1])
+    with pytest.raises(ValueError, match="lowpass"):
+        build_hypercut({"lowpass": -1.0})

@@ -168,6 +168,7 @@ def test_train_refuses_to_overwrite_a_run(data, trained, capsys):
     ({"--crop_size": "16"}, "--crop_size"),
     ({"--decay_type": "sometimes"}, "--decay_type"),
     ({"--device": "tpu"}, "--device"),
+    ({"--lowpass": "-2"}, "--lowpass"),
 ])
 def test_train_bad_inputs_give_one_line(data, tmp_path, capsys, argv_patch, needle):
     argv = train_argv(data, tmp_path, "bad")
@@ -178,6 +179,14 @@ def test_train_bad_inputs_give_one_line(data, tmp_path, capsys, argv_patch, need
             argv += [flag, value]
     assert needle in one_line_error(capsys, train_hypercut.main, argv)
     assert not (tmp_path / "bad" / "training_states").exists()
+
+
+def test_lowpass_flag_is_trained_and_kept(data, tmp_path):
+    run_train(train_argv(data, tmp_path, "low", "--epochs", "1", "--val_epoch", "1", "--lowpass", "1.5"))
+    model = load_hypercut(tmp_path / "low" / "models" / "0001.pth")
+    assert model.config == {"out_dim": 32, "f_func": "ResnetIm2Vec", "g_func": "Concat", "slope": 1.0,
+                            "lowpass": 1.5}
+    assert json.loads((tmp_path / "low" / "args.json").read_text())["lowpass"] == 1.5
 
 
 def test_train_resume_without_state(data, tmp_path, capsys):

@@ -168,7 +168,8 @@ def matrix_args(tiny, **kw):
     import argparse
     from experiments import order_matrix as om
     base = dict(tiny=tiny, device="cuda", num_workers=2, data_workers=4, ablations=not tiny, probe=True,
-                budgets=list(om.BUDGETS), rows=None, hypercuts=list(om.MATRIX_HYPERCUTS), minutes=6.0)
+                budgets=list(om.BUDGETS), rows=None, hypercuts=list(om.MATRIX_HYPERCUTS), minutes=6.0,
+                wide_epochs=None)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -227,6 +228,14 @@ def test_order_matrix_selects_budgets_rows_and_hypercuts(tmp_path):
     # the predictions' hit is measured with a HyperCUT that is trained in this run
     assert all(str(tmp_path / "w" / "checkpoints" / "hc_ext") in str(j.args[j.args.index("--hypercut_path") + 1])
                for j in jobs if j.name.startswith("eval_"))
+    wide = [j for j in jobs if j.name.startswith("jin_wide_")]
+    assert all(j.args[j.args.index("--epochs") + 1] == om.BUDGETS["wide"][1] for j in wide)  # time alone bounds them
+    # --wide_epochs: rows run in a later call stop at the epoch (the batches) of an earlier call's rows
+    capped = om.build_jobs(matrix_args(False, budgets=["wide"], rows=["naive"], hypercuts=["ext"], ablations=False,
+                                       probe=False, wide_epochs=71), tmp_path / "w", tmp_path / "o")
+    train = next(j for j in capped if j.name == "jin_wide_naive")
+    assert train.args[train.args.index("--epochs") + 1] == 71
+    assert train.args[train.args.index("--time_limit") + 1] == 6.0
     with pytest.raises(SystemExit, match="unknown row.*naiv"):
         om.build_jobs(matrix_args(False, rows=["naiv"]), tmp_path / "w", tmp_path / "o")
 
@@ -354,6 +363,11 @@ def test_wide_report_reads_json_csv_and_logs(tmp_path, capsys):
     assert gains["over_random"] == pytest.approx(19.5 - 18.25) and gains["over_order_inv"] == pytest.approx(2.5)
     text = out.read_text()
     assert "| hypercut loss, our HyperCUT, alpha 0 | 2 / 44 | 19.50 |" in text and "(no log)" in text
+    assert "hcloss_ext_a0: +1.25 over random, +2.50 over order inv" in text
+    # a later call without order_inv (benchmarks/device_wide.sh): the gains over what it has
+    (res / "jin_wide_order_inv.csv").unlink()
+    assert wide_report.main(["--results", str(res), "--out", str(out), "--figures", str(tmp_path / "f")]) == 0
+    assert "hcloss_ext_a0: +1.25 over random" in out.read_text() and "order inv" not in out.read_text()
     assert (tmp_path / "f" / "wide_per_frame.png").stat().st_size > 1000
     assert (tmp_path / "f" / "wide_train_loss.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="blur.json is missing"):

@@ -146,6 +146,7 @@ _RANGES = {
     "img_log_freq": (1, False, None), "load_epoch": (0, False, None), "skip_nonfinite": (0, False, None),
     # models and losses
     "alpha": (0, False, None), "width_mult": (0, True, 4.0), "out_dim": (1, False, 1024), "slope": (None, False, None),
+    "lowpass": (0, False, None),
     # prepare_dataset.py
     "size": (32, False, 4096), "num_train": (0, False, None), "num_val": (0, False, None),
     "num_test": (0, False, None), "subframes": (5, False, 99), "foreground_p": (0, False, 1.0),
@@ -159,7 +160,7 @@ _RANGES = {
     "steps": (1, False, None), "subcrop_size": (1, False, None), "subcrops": (1, False, None),
     "crop_consistency": (0, False, None), "workers": (1, False, 256),
     # experiments/
-    "minutes": (0, True, None),
+    "minutes": (0, True, None), "wide_epochs": (1, False, None),
 }
 
 # Flags naming something a script writes: (kind, only when the script trains). Checked before any work,
