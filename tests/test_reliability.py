@@ -388,6 +388,30 @@ def test_sigint_to_prepare_dataset_mid_run(tmp_path):
     assert list(out.iterdir()) == []
 
 
+def test_ctrl_c_to_a_training_with_loader_workers(data, tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group, loader workers included: the training ends
+    with exit 130 and one line, no worker is left behind, and the last finished epoch can be resumed."""
+    run = tmp_path / "ck" / "w"
+    proc = subprocess.Popen([sys.executable, "train_blur2vid.py", "--metadata_root", str(data), "--exp_name", "w",
+                             "--checkpoints_dir", str(tmp_path / "ck"), "--device", "cpu", "--width_mult", "0.125",
+                             "--crop_size", "32", "--batch_size", "1", "--epochs", "1000", "--val_epoch", "1000",
+                             "--num_workers", "2", "--display_step", "0"], cwd=REPO, env=SUBPROCESS_ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline and \
+            not (run / "log.txt").exists() or "epoch 2/" not in (run / "log.txt").read_text():
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().startswith("error: interrupted") and err.strip().count("\n") == 0, err
+    time.sleep(1)
+    with pytest.raises(ProcessLookupError):  # nothing of the group is left (workers exit with the main process)
+        os.killpg(proc.pid, 0)
+    state = load_checkpoint(run / "training_states" / "latest.pth")  # intact, at a finished epoch
+    assert 1 <= state["epoch"] and f"epoch {state['epoch']}/1000" in (run / "log.txt").read_text()
+
+
 def test_ctrl_c_in_generate_order_writes_nothing(data, hypercut_ckpt, tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
