@@ -146,7 +146,7 @@ _RANGES = {
     "img_log_freq": (1, False, None), "load_epoch": (0, False, None), "skip_nonfinite": (0, False, None),
     # models and losses
     "alpha": (0, False, None), "width_mult": (0, True, 4.0), "out_dim": (1, False, 1024), "slope": (None, False, None),
-    "lowpass": (0, False, None),
+    "lowpass": (0, False, 64.0),
     # prepare_dataset.py
     "size": (32, False, 4096), "num_train": (0, False, None), "num_val": (0, False, None),
     "num_test": (0, False, None), "subframes": (5, False, 99), "foreground_p": (0, False, 1.0),
