@@ -1,6 +1,6 @@
 """The whole HyperCUT pipeline on the embedded dataset, in one command.
 
-  python run_demo.py                  # about 55 min on 2 idle CPU cores (estimated from its stages' timings; Purohit about 10 of them)
+  python run_demo.py                  # about 75 min on 2 idle CPU cores (measured: Jin 3 x 17-18 min, Purohit 9 min)
   python run_demo.py --quick          # a tiny version of every stage, about 2 min: checks the whole path
   python run_demo.py --device cuda --num_workers 4
   python run_demo.py --config gpu     # full-width Jin on 256x256 crops of 320x320 images (one GPU)
