@@ -50,6 +50,9 @@ def build_parser() -> ArgumentParser:
     syn.add_argument("--num_val", type=int, default=40)
     syn.add_argument("--num_test", type=int, default=100)
     syn.add_argument("--subframes", type=int, default=7, help="sub-frames per frame slot (odd, >= 5)")
+    syn.add_argument("--travel", type=float, nargs=2, default=[8.0, 22.0], metavar=("MIN", "MAX"),
+                     help="camera travel over the exposure, drawn uniformly per sequence, in pixels of the photo at "
+                          "about one per output pixel (x0.85-1.15 per sequence; default 8 22)")
     syn.add_argument("--foreground_p", type=float, default=0.4, help="share of sequences with a moving patch")
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--workers", type=int, default=1, help="rendering processes (the output is the same)")
@@ -83,20 +86,23 @@ def main_body(args) -> None:
         print_summary(args.out, check="headers" if args.quick_check else True)
         return
     from datasets.writer import DatasetWriter
+    # the configuration is checked before anything is created at --out
+    if args.mode == "synthetic":
+        from datasets.synthetic import SyntheticConfig, generate
+        cfg = SyntheticConfig(size=args.size, subframes=args.subframes, seed=args.seed,
+                              foreground_p=args.foreground_p, shift=tuple(args.travel),
+                              counts={"train": args.num_train, "val": args.num_val, "test": args.num_test})
+    else:
+        from datasets import from_frames
+        cfg = from_frames.FramesConfig(window=args.window, stride=args.stride, frames=args.num_frames,
+                                       linear=not args.no_linear, val_fraction=args.val_fraction,
+                                       test_fraction=args.test_fraction, val_videos=tuple(args.val_videos),
+                                       test_videos=tuple(args.test_videos), seed=args.seed)
     writer = DatasetWriter(args.out, overwrite=args.overwrite)
     try:
         if args.mode == "synthetic":
-            from datasets.synthetic import SyntheticConfig, generate
-            cfg = SyntheticConfig(size=args.size, subframes=args.subframes, seed=args.seed,
-                                  foreground_p=args.foreground_p,
-                                  counts={"train": args.num_train, "val": args.num_val, "test": args.num_test})
             meta = generate(cfg, writer, progress=sys.stderr.isatty(), workers=args.workers)
         else:
-            from datasets import from_frames
-            cfg = from_frames.FramesConfig(window=args.window, stride=args.stride, frames=args.num_frames,
-                                           linear=not args.no_linear, val_fraction=args.val_fraction,
-                                           test_fraction=args.test_fraction, val_videos=tuple(args.val_videos),
-                                           test_videos=tuple(args.test_videos), seed=args.seed)
             meta = from_frames.generate(args.src, cfg, writer, progress=sys.stderr.isatty())
     except BaseException:
         writer.abort()  # nothing half-written is left at --out

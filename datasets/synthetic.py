@@ -79,6 +79,9 @@ class SyntheticConfig:
             raise FlagError(f"size must be at least 32, got {self.size}")
         if self.frames < 2:
             raise FlagError("frames must be at least 2")
+        lo, hi = self.shift
+        if not (0 <= lo <= hi):
+            raise FlagError(f"camera travel must be 0 <= MIN <= MAX pixels, got {lo:g} {hi:g} (--travel MIN MAX)")
         photos = [p for names in self.splits.values() for p in names]
         if len(photos) != len(set(photos)):
             raise FlagError("a photograph appears in two splits")
@@ -222,4 +225,5 @@ def generate(cfg: SyntheticConfig, writer, progress: bool = True, workers: int =
             pool.terminate()
     return {"name": "Synthetic", "frame_per_seq": cfg.frames,
             "generator": {"kind": "synthetic", "seed": cfg.seed, "size": cfg.size,
-                          "subframes_per_frame": cfg.subframes, "splits": {k: list(v) for k, v in cfg.splits.items()}}}
+                          "subframes_per_frame": cfg.subframes,
+                          "travel": [float(v) for v in cfg.shift], "splits": {k: list(v) for k, v in cfg.splits.items()}}}

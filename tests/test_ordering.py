@@ -50,6 +50,32 @@ def test_recorded_motion_matches_the_frames():
     assert ((recorded - measured).norm(dim=1) < 0.25 * recorded.norm(dim=1) + 1.0).all()
 
 
+def test_travel_flag_sets_the_camera_motion(tmp_path, capsys):
+    """--travel MIN MAX: the recorded motion's length stays inside the range (frame 1 -> 7 spans 6/7 of the
+    exposure; travel is in photo pixels and each sequence's photo scale is 0.85-1.15 output pixels per photo
+    pixel), is recorded in the metadata, and a bad range is refused."""
+    out = tmp_path / "big"
+    assert prepare_dataset.main(["synthetic", "--out", str(out), "--size", "64", "--num_train", "6", "--num_val",
+                                 "1", "--num_test", "1", "--subframes", "5", "--foreground_p", "0",
+                                 "--travel", "40", "44"]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["generator"]["travel"] == [40.0, 44.0]
+    lengths = [math.hypot(*e["motion"]) for e in meta["data"]]
+    assert all(40 * 6 / 7 / 1.15 - 1 <= n <= 44 * 6 / 7 / 0.85 + 1 for n in lengths), lengths
+    default = SyntheticConfig(size=64, foreground_p=0.0)
+    photo = prepare_photo(load_photo("astronaut"), 64)
+    short = [render_sequence(photo, default, torch.Generator().manual_seed(i))["motion"].norm().item()
+             for i in range(6)]
+    assert max(short) < 22 * 6 / 7 / 0.85 + 1 < 40 * 6 / 7 / 1.15 - 1 <= min(lengths)
+    capsys.readouterr()
+    err = one_line_error(capsys, prepare_dataset.main, ["synthetic", "--out", str(tmp_path / "bad"),
+                                                        "--travel", "20", "10"])
+    assert "--travel" in err and "20 10" in err and not (tmp_path / "bad").exists()
+    err = one_line_error(capsys, prepare_dataset.main, ["synthetic", "--out", str(tmp_path / "bad"),
+                                                        "--travel", "-1", "10"])
+    assert "--travel must be >= 0" in err
+
+
 def test_dataset_records_motion_and_oracle_orders_by_it(tiny, tmp_path, capsys):
     meta = json.loads((tiny / "metadata.json").read_text())
     assert all(len(e["motion"]) == 2 and e["source"] for e in meta["data"])

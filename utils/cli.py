@@ -150,6 +150,7 @@ _RANGES = {
     # prepare_dataset.py
     "size": (32, False, 4096), "num_train": (0, False, None), "num_val": (0, False, None),
     "num_test": (0, False, None), "subframes": (5, False, 99), "foreground_p": (0, False, 1.0),
+    "travel": (0, False, 1000.0),
     "window": (1, False, None), "stride": (1, False, None), "num_frames": (2, False, None),
     "val_fraction": (0, False, 1.0), "test_fraction": (0, False, 1.0),
     # Purohit (train_blur2vid.py)
