@@ -343,6 +343,24 @@ def test_blur_baseline_scores_the_blurry_image(tiny):
     assert result["pPSNR"][0] == result["pPSNR"][6] and result["pPSNR"][0] < result["pPSNR"][3]
 
 
+def test_pair_mean_baseline_scores_the_mean_of_each_pair(tiny):
+    from datasets.blur2vid import Blur2VidDataset
+    from utils.order_eval import pair_mean_baseline
+    from utils.evaluation import make_eval_loader
+    from utils.metrics import PSNR_CAP_DB
+    dataset = Blur2VidDataset(tiny, "test", augment=None)
+    result = pair_mean_baseline(make_eval_loader(dataset, 4, 0), torch.device("cpu"))
+    expected = []
+    for i in range(len(dataset)):
+        f = dataset[i]["frames"] * 255
+        mean = (f[0] + f[6]) / 2
+        # the pair's score: the mean over its two frames of each one's PSNR (both assignments are equal)
+        expected.append(sum(10 * math.log10(255 ** 2 / ((mean - f[k]) ** 2).mean().item()) for k in (0, 6)) / 2)
+    assert math.isclose(result["pPSNR"][0], sum(expected) / len(expected), rel_tol=1e-4)
+    assert result["pPSNR"][0] == result["pPSNR"][6] and result["pPSNR"][3] == PSNR_CAP_DB
+    assert result["pSSIM"][3] == pytest.approx(1.0) and result["pSSIM"][0] < 0.99
+
+
 def test_method_figures_with_each_backbone(tiny, tmp_path):
     """Contact sheet and GIF per sequence from the backbones' output dicts (Jin and Purohit)."""
     from PIL import Image

@@ -84,14 +84,28 @@ class BlurAsFrames(torch.nn.Module):
         return {"frames": blur.unsqueeze(1).expand(-1, self.num_frames, -1, -1, -1), "center": blur}
 
 
-def blur_baseline(loader, device, num_frames: int = 7) -> dict:
-    """Per-frame pPSNR / pSSIM (p_mode pair) of BlurAsFrames on an eval loader, with their means."""
+def _baseline(loader, device, num_frames: int, predict=None, desc: str = "baseline") -> dict:
     from utils.evaluation import evaluate
     from utils.metrics import SequenceMetrics
     metrics = SequenceMetrics(lpips=None, mode="pair")
-    evaluate(BlurAsFrames(num_frames), loader, device, metrics, desc="blur baseline")
+    evaluate(BlurAsFrames(num_frames), loader, device, metrics, desc=desc, predict=predict)
     out = {}
     for name in ("pPSNR", "pSSIM"):
         out[name] = metrics.per_frame(name)
         out[f"{name}_mean"] = metrics.mean(name)
     return out
+
+
+def blur_baseline(loader, device, num_frames: int = 7) -> dict:
+    """Per-frame pPSNR / pSSIM (p_mode pair) of BlurAsFrames on an eval loader, with their means."""
+    return _baseline(loader, device, num_frames, desc="blur baseline")
+
+
+def pair_mean_baseline(loader, device, num_frames: int = 7) -> dict:
+    """The same figures for the mean of each symmetric pair of ground-truth frames, (x_k + x_{N+1-k}) / 2
+    as frame k and N+1-k (the middle frame exact): the least-squares answer of a network that knows both
+    frames of a pair but not which is which, i.e. what training on a random order converges to at best
+    under an L2 loss (an L1 loss leaves it anywhere between the two). A canonical order can only pay
+    where networks score above this on the outer frames."""
+    return _baseline(loader, device, num_frames, predict=lambda net, blur, gt: (gt + gt.flip(1)) / 2,
+                     desc="pair-mean baseline")
