@@ -44,8 +44,8 @@ cp "$R"/om/results/jin_wide_*.json "$R"/om/results/jin_wide_*.csv "$R/wide/" 2>/
 for run in "$WORK"/checkpoints/jin_wide_*; do
   [ -f "$run/log.txt" ] && cp "$run/log.txt" "$R/wide/$(basename "$run")_log.txt"
 done
-python -c "import json, sys; m = json.load(open(sys.argv[1]))['matrix']['blur']; json.dump(m, open(sys.argv[2], 'w'))" \
-  "$R/om/matrix.json" "$R/wide/blur.json" && \
+python -c "import json, sys; m = json.load(open(sys.argv[1]))['matrix']; json.dump(m['blur'], open(sys.argv[2], 'w')); json.dump(m['pair_mean'], open(sys.argv[3], 'w'))" \
+  "$R/om/matrix.json" "$R/wide/blur.json" "$R/wide/pair_mean.json" && \
 python experiments/wide_report.py --results "$R/wide" --out "$R/wide_report.md" --figures "$R" --prefix wide \
   --card "${CARD:-}" > "$R/wide_report.log" 2>&1
 stamp "wide_report rc=$?"

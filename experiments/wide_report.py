@@ -61,7 +61,8 @@ def read_log(path: Path) -> dict:
 
 def main(argv=None) -> int:
     p = ArgumentParser(description=__doc__)
-    p.add_argument("--results", required=True, help="folder with jin_wide_<row>.json/.csv, *_log.txt, blur.json")
+    p.add_argument("--results", required=True,
+                   help="folder with jin_wide_<row>.json/.csv, *_log.txt, blur.json (and pair_mean.json, optional)")
     p.add_argument("--out", required=True, help="markdown report to write (a .json beside it)")
     p.add_argument("--figures", required=True, help="folder for the two PNGs")
     p.add_argument("--prefix", default="wide", help="file name prefix of the PNGs")
@@ -81,6 +82,11 @@ def main(argv=None) -> int:
 
     table.append(["blur as every frame (no network)", "-", f(0.5 * (blur["pPSNR"][0] + blur["pPSNR"][-1]), 2),
                   f(blur["pPSNR"][3], 2), f(sum(blur["pPSNR"]) / 7, 2), f(sum(blur["pSSIM"]) / 7, 3), "-", "-"])
+    pair_path = folder / "pair_mean.json"  # utils.order_eval.pair_mean_baseline, when the call computed it
+    pair_mean = json.loads(pair_path.read_text()) if pair_path.exists() else None
+    if pair_mean is not None:
+        table.append(["mean of each true pair (the random order's best, L2)", "-",
+                      f(0.5 * (pair_mean["pPSNR"][0] + pair_mean["pPSNR"][-1]), 2), "(exact)", "-", "-", "-", "-"])
     for row, label in ROWS:
         r = read_result(folder, row)
         if r is None:
@@ -108,7 +114,7 @@ def main(argv=None) -> int:
     gains = {row: {"over_random": None if ref[0] is None else s["pPSNR_1_7"] - ref[0],
                    "over_order_inv": None if ref[1] is None else s["pPSNR_1_7"] - ref[1]}
              for row, s in summary.items()}
-    write_json(out.with_suffix(".json"), {"card": args.card, "blur": blur, "runs": summary, "gains_1_7": gains})
+    write_json(out.with_suffix(".json"), {"card": args.card, "blur": blur, "pair_mean": pair_mean, "runs": summary, "gains_1_7": gains})
     atomic_write_text(out, "\n".join([f"# Full-width Jin, time-bounded budget{card}", "", lines, "",
                                       "Gain in pPSNR on frames 1/7 (dB): " + "; ".join(
                                           f"{row}: " + ", ".join(f"{v:+.2f} over {k[5:].replace('_', ' ')}"

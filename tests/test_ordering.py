@@ -414,5 +414,12 @@ def test_wide_report_reads_json_csv_and_logs(tmp_path, capsys):
     assert "hcloss_ext_a0: +1.25 over random" in out.read_text() and "order inv" not in out.read_text()
     assert (tmp_path / "f" / "wide_per_frame.png").stat().st_size > 1000
     assert (tmp_path / "f" / "wide_train_loss.png").stat().st_size > 1000
+    assert "random order's best" not in out.read_text()
+    # with the pair-mean baseline beside it (order_matrix.py writes it): its row, frames 1/7 only
+    (res / "pair_mean.json").write_text(json.dumps({"pPSNR": [20.25, 21, 23, 100.0, 23, 21, 20.75],
+                                                     "pSSIM": [0.7, 0.7, 0.8, 1.0, 0.8, 0.7, 0.7]}))
+    assert wide_report.main(["--results", str(res), "--out", str(out), "--figures", str(tmp_path / "f")]) == 0
+    assert "| mean of each true pair (the random order's best, L2) | - | 20.50 | (exact) |" in out.read_text()
+    assert json.loads(out.with_suffix(".json").read_text())["pair_mean"]["pPSNR"][0] == 20.25
     with pytest.raises(SystemExit, match="blur.json is missing"):
         wide_report.main(["--results", str(tmp_path), "--out", str(out), "--figures", str(tmp_path / "f")])
