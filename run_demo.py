@@ -19,7 +19,9 @@ Stages, each one of the project's scripts run as a user would (their commands ar
                   order; the hypercut loss with our HyperCUT, alpha 0; --quick: the paper's hypercut
                   loss instead of naive, so that every loss path runs)
   5. evaluate     test_blur2vid.py for each (pPSNR / pSSIM / PSNR / SSIM per frame, hit/con of the
-                  predictions; LPIPS when its weights can be had, otherwise reported as skipped); OUT/per_frame.png
+                  predictions; LPIPS when its weights can be had, otherwise reported as skipped); OUT/per_frame.png;
+                  frames 1 & 7 against order_inv and naive, beside two no-network references (the blurry
+                  image as every frame; the mean of each true frame pair, OUT/baselines.json)
   5b. purohit    train_blur2vid.py --backbone Purohit: stage 1 (the video autoencoder), then stage 2
                   with order_inv (the paper's baseline), narrow (--width_mult) on a CPU; test_blur2vid.py
                   with its predicted centre and with the ground truth's (the paper's oracle-centre protocol)
@@ -185,8 +187,43 @@ def run_purohit(cfg: dict, data: Path, ckpts: Path, out: Path, common: list, log
     return results
 
 
+def no_network_baselines(data: Path, device: str) -> dict:
+    """pPSNR / pSSIM per frame on the test split of the blurry image as every frame and of the mean of each
+    true frame pair (the most a random order allows under L2): utils/order_eval.py."""
+    from datasets.blur2vid import Blur2VidDataset
+    from utils.device import resolve_device
+    from utils.evaluation import make_eval_loader
+    from utils.order_eval import blur_baseline, pair_mean_baseline
+    dev = resolve_device(device)
+    return {key: fn(make_eval_loader(Blur2VidDataset(data, "test", augment=None), 20, 0), dev)
+            for key, fn in (("blur", blur_baseline), ("pair_mean", pair_mean_baseline))}
+
+
+def outer(res: dict) -> float:
+    """Mean pPSNR over frames 1 and N."""
+    return 0.5 * (res["pPSNR"][0] + res["pPSNR"][-1])
+
+
+def comparison_lines(tests: dict[str, dict], baselines: dict | None) -> list[str]:
+    """Frames 1 & 7 of every run, the gains over order_inv (the paper's baseline) and over naive training on
+    the stored random order, and the no-network reference points."""
+    lines = ["", "pPSNR on frames 1 & 7 (where the order matters): " + ", ".join(
+        f"{loss} {outer(res):.2f}" for loss, res in tests.items()) + " dB."]
+    for loss, res in tests.items():
+        gains = [f"{outer(res) - outer(tests[ref]):+.2f} dB over {ref}" for ref in ("order_inv", "naive")
+                 if ref in tests and ref != loss]
+        if loss not in ("order_inv", "naive") and gains:
+            lines[-1] += f" {loss}: " + ", ".join(gains) + "."
+    if baselines:
+        lines[-1] += (f" No network: the blurry image as every frame {outer(baselines['blur']):.2f}; the mean of each "
+                      f"true frame pair {outer(baselines['pair_mean']):.2f} (what a network trained on a random order "
+                      f"can reach at best under L2: an order only pays above it; docs/ordering.md section 9).")
+    return lines
+
+
 def summary_markdown(hc: dict, tests: dict[str, dict], out: Path, mode: str, hc_ext: dict | None = None,
-                     probe: dict | None = None, purohit: dict | None = None, purohit_flags: list | None = None) -> str:
+                     probe: dict | None = None, purohit: dict | None = None, purohit_flags: list | None = None,
+                     baselines: dict | None = None) -> str:
     from utils.report import markdown_table
     lines = [f"# HyperCUT demo ({mode})", "", "## HyperCUT ordering, test split", ""]
     keys = ["hit", "hit_x2_x6", "hit_x3_x5", "con@2", "con@3", "num_sequences"]
@@ -210,6 +247,7 @@ def summary_markdown(hc: dict, tests: dict[str, dict], out: Path, mode: str, hc_
         row += [res.get(k, "-") for k in extra]
         rows.append(row)
     lines.append(markdown_table(["loss"] + names + [f"predictions {k}" for k in extra], rows))
+    lines += comparison_lines(tests, baselines)
     lines += ["", "pPSNR per frame (1..7):", ""]
     lines.append(markdown_table(["loss"] + [str(i + 1) for i in range(len(next(iter(tests.values()))["pPSNR"]))],
                                 [[loss] + res["pPSNR"] for loss, res in tests.items()]))
@@ -307,7 +345,13 @@ def main_body(args) -> int:
                       ["--metadata_root", data, "--pretrained_path", model, "--output_json", result]
                       + hc_flag + common, log)
             tests[loss] = read_json(result)
-        per_frame_plot({name: res["pPSNR"] for name, res in tests.items()}, out / "per_frame.png",
+        baselines_json = out / "baselines.json"
+        if not baselines_json.exists():
+            from utils.report import write_json
+            write_json(baselines_json, no_network_baselines(data, args.device))
+        baselines = read_json(baselines_json)
+        per_frame_plot({"blur as every frame": baselines["blur"]["pPSNR"],
+                        **{name: res["pPSNR"] for name, res in tests.items()}}, out / "per_frame.png",
                        title="pPSNR per frame, test split")
 
         # 5b. Purohit: stage 1 (video autoencoder), stage 2 with order_inv, evaluated with both centres
@@ -328,7 +372,7 @@ def main_body(args) -> int:
                    "--device", args.device, "--gif"], log)
 
         text = summary_markdown(read_json(hc_json), tests, out, mode, read_json(out / "hypercut_ext_test.json"),
-                                probe, purohit, cfg["purohit"])
+                                probe, purohit, cfg["purohit"], baselines)
         from utils.checkpoint import atomic_write_text
         atomic_write_text(out / "summary.md", text)
         log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} done in {time.time() - started:.0f} s\n")

@@ -46,6 +46,13 @@ def test_quick_demo_end_to_end(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "| order_inv |" in summary and "| hypercut_ext |" in summary and "hit" in summary
     assert "probe" in summary and "## Purohit (width 0.125), order_inv" in summary and "| oracle (ground truth) |" in summary
+    # frames 1 & 7 against the paper's baseline, beside the no-network references
+    base = json.loads((out / "baselines.json").read_text())
+    inv, ext = (json.loads((out / f"jin_{k}_test.json").read_text()) for k in ("order_inv", "hypercut_ext"))
+    gain = 0.5 * (ext["pPSNR"][0] + ext["pPSNR"][6]) - 0.5 * (inv["pPSNR"][0] + inv["pPSNR"][6])
+    assert f"hypercut_ext: {gain:+.2f} dB over order_inv." in summary
+    assert base["pair_mean"]["pPSNR"][3] == 100.0 and base["pair_mean"]["pPSNR"][0] > base["blur"]["pPSNR"][0]
+    assert f"the mean of each true frame pair {0.5 * (base['pair_mean']['pPSNR'][0] + base['pair_mean']['pPSNR'][6]):.2f}" in summary
 
     # a second run skips both trainings and ends with the same summary
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
