@@ -217,7 +217,7 @@ def comparison_lines(tests: dict[str, dict], baselines: dict | None) -> list[str
     if baselines:
         lines[-1] += (f" No network: the blurry image as every frame {outer(baselines['blur']):.2f}; the mean of each "
                       f"true frame pair {outer(baselines['pair_mean']):.2f} (what a network trained on a random order "
-                      f"can reach at best under L2: an order only pays above it; docs/ordering.md section 9).")
+                      f"can reach at best under L2; the order matters most above it; docs/ordering.md section 9).")
     return lines
 
 
@@ -346,10 +346,11 @@ def main_body(args) -> int:
                       + hc_flag + common, log)
             tests[loss] = read_json(result)
         baselines_json = out / "baselines.json"
-        if not baselines_json.exists():
+        baselines = read_json(baselines_json) if baselines_json.exists() else {}
+        if baselines.get("data") != str(data):  # computed once per dataset
             from utils.report import write_json
-            write_json(baselines_json, no_network_baselines(data, args.device))
-        baselines = read_json(baselines_json)
+            baselines = {"data": str(data), **no_network_baselines(data, args.device)}
+            write_json(baselines_json, baselines)
         per_frame_plot({"blur as every frame": baselines["blur"]["pPSNR"],
                         **{name: res["pPSNR"] for name, res in tests.items()}}, out / "per_frame.png",
                        title="pPSNR per frame, test split")
