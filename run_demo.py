@@ -201,7 +201,8 @@ def no_network_baselines(data: Path, device: str) -> dict:
 
 def outer(res: dict) -> float:
     """Mean pPSNR over frames 1 and N."""
-    return 0.5 * (res["pPSNR"][0] + res["pPSNR"][-1])
+    from utils.order_eval import outer_frames
+    return outer_frames(res["pPSNR"])
 
 
 def comparison_lines(tests: dict[str, dict], baselines: dict | None) -> list[str]:
@@ -258,7 +259,7 @@ def summary_markdown(hc: dict, tests: dict[str, dict], out: Path, mode: str, hc_
                   "ground truth's middle frame (oracle centre).", ""]
         lines.append(markdown_table(
             ["centre", "pPSNR mean", "pPSNR frames 1 & 7", "pSSIM mean"] + [f"pPSNR {i + 1}" for i in range(7)],
-            [["oracle (ground truth)" if c == "gt" else c, r["pPSNR_mean"], (r["pPSNR"][0] + r["pPSNR"][-1]) / 2,
+            [["oracle (ground truth)" if c == "gt" else c, r["pPSNR_mean"], outer(r),
               r["pSSIM_mean"]] + r["pPSNR"] for c, r in purohit.items()]))
     lines += ["", f"Files: {out}/checkpoints/, {out}/*_test.json and .csv, {out}/per_frame.png, {out}/probe.png, "
               f"{out}/inference/ (frames, GIF, contact sheet).", ""]

@@ -79,10 +79,6 @@ def wave(jobs: list, workers: int, deadline: float) -> dict:
     return {**{n: True for n, c, _ in jobs if c is None}, **results}
 
 
-def frames_1_7(values: list) -> float:
-    return (values[0] + values[-1]) / 2
-
-
 def main(argv=None) -> int:
     p = ArgumentParser(description=__doc__)
     p.add_argument("--out", default=os.environ.get("BACKBONE_TABLE_OUT", "results/backbones"))
@@ -145,13 +141,14 @@ def main(argv=None) -> int:
                                                    "--output_json", result, *common], logs / f"test_{name}.log"))
     wave(tests, args.jobs, deadline)
 
+    from utils.order_eval import outer_frames
     rows = {}
     for name, _, _ in tests:
         path = out / f"{name}.json"
         if path.exists():
             r = json.loads(path.read_text())
             rows[name] = {"pPSNR": r["pPSNR"], "pPSNR_mean": r["pPSNR_mean"], "pSSIM_mean": r["pSSIM_mean"],
-                          "pPSNR_1_7": frames_1_7(r["pPSNR"]), "middle_frame": r["middle_frame"]}
+                          "pPSNR_1_7": outer_frames(r["pPSNR"]), "middle_frame": r["middle_frame"]}
     (out / "backbones.json").write_text(json.dumps({"budget": budget, "rows": rows}, indent=2) + "\n")
     lines = ["| model | centre | pPSNR 1..7 | mean | frames 1 & 7 | pSSIM |", "|---|---|---|---|---|---|"]
     for name, r in rows.items():

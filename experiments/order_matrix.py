@@ -404,7 +404,7 @@ def write_report(args, work: Path, out: Path, jobs: list) -> None:
     import torch
     from datasets.blur2vid import Blur2VidDataset
     from utils.device import resolve_device
-    from utils.order_eval import blur_baseline, pair_mean_baseline
+    from utils.order_eval import blur_baseline, outer_frames, pair_mean_baseline
     from utils.evaluation import make_eval_loader
     for key, fn, row, label in (
             ("blur", blur_baseline, "blur (every frame = the blurry image)", "blur as every frame"),
@@ -412,7 +412,7 @@ def write_report(args, work: Path, out: Path, jobs: list) -> None:
              "mean of each true pair (random order's best)")):
         base = fn(make_eval_loader(Blur2VidDataset(work / "data", "test", augment=None), 20, 0),
                   resolve_device(args.device))
-        matrix[key] = {"row": row, **base, "pPSNR_1_7": 0.5 * (base["pPSNR"][0] + base["pPSNR"][-1])}
+        matrix[key] = {"row": row, **base, "pPSNR_1_7": outer_frames(base["pPSNR"])}
         exact_middle = key == "pair_mean"  # its frame 4 is the ground truth (100 dB): no frame-4 or mean figure
         table.append(["-", label, matrix[key]["pPSNR_1_7"]]
                      + (["-"] * 3 if exact_middle else [base["pPSNR"][3], base["pPSNR_mean"], base["pSSIM_mean"]])
@@ -425,7 +425,7 @@ def write_report(args, work: Path, out: Path, jobs: list) -> None:
             terms = last_epoch_terms(work / "checkpoints" / exp / "log.txt")
             entry = {"budget": budget, "row": row, "pPSNR": r["pPSNR"], "pSSIM": r["pSSIM"],
                      "pPSNR_mean": r["pPSNR_mean"], "pSSIM_mean": r["pSSIM_mean"],
-                     "pPSNR_1_7": 0.5 * (r["pPSNR"][0] + r["pPSNR"][-1]), "PSNR_mean": r["PSNR_mean"],
+                     "pPSNR_1_7": outer_frames(r["pPSNR"]), "PSNR_mean": r["PSNR_mean"],
                      "hit": r.get("hit"), "con@3": r.get("con@3"), "hypercut_path": r.get("hypercut_path"),
                      "last_epoch_terms": terms, "order": analysis.get(exp, {})}
             matrix[exp] = entry

@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from utils.checkpoint import atomic_write_text
     from utils.figures import curves_plot, per_frame_plot
+    from utils.order_eval import outer_frames
     from utils.report import markdown_table, write_json
     folder, out, figs = Path(args.results), Path(args.out), Path(args.figures)
     blur_path = folder / "blur.json"
@@ -80,19 +81,19 @@ def main(argv=None) -> int:
     def f(v, digits):
         return "-" if v is None else f"{v:.{digits}f}"
 
-    table.append(["blur as every frame (no network)", "-", f(0.5 * (blur["pPSNR"][0] + blur["pPSNR"][-1]), 2),
+    table.append(["blur as every frame (no network)", "-", f(outer_frames(blur["pPSNR"]), 2),
                   f(blur["pPSNR"][3], 2), f(sum(blur["pPSNR"]) / 7, 2), f(sum(blur["pSSIM"]) / 7, 3), "-", "-"])
     pair_path = folder / "pair_mean.json"  # utils.order_eval.pair_mean_baseline, when the call computed it
     pair_mean = json.loads(pair_path.read_text()) if pair_path.exists() else None
     if pair_mean is not None:
         table.append(["mean of each true pair (the random order's best, L2)", "-",
-                      f(0.5 * (pair_mean["pPSNR"][0] + pair_mean["pPSNR"][-1]), 2), "(exact)", "-", "-", "-", "-"])
+                      f(outer_frames(pair_mean["pPSNR"]), 2), "(exact)", "-", "-", "-", "-"])
     for row, label in ROWS:
         r = read_result(folder, row)
         if r is None:
             continue
         log = read_log(folder / f"jin_wide_{row}_log.txt")
-        f17 = 0.5 * (r["pPSNR"][0] + r["pPSNR"][-1])
+        f17 = outer_frames(r["pPSNR"])
         summary[row] = {**r, "label": label, "pPSNR_1_7": f17, "pPSNR_mean": sum(r["pPSNR"]) / len(r["pPSNR"]),
                         "pSSIM_mean": sum(r["pSSIM"]) / len(r["pSSIM"]), "log": log}
         last = f"{log['epoch'][-1]} / {log['step'][-1]}" if log["epoch"] else "(no log)"

@@ -84,6 +84,11 @@ class BlurAsFrames(torch.nn.Module):
         return {"frames": blur.unsqueeze(1).expand(-1, self.num_frames, -1, -1, -1), "center": blur}
 
 
+def outer_frames(values) -> float:
+    """Mean of a per-frame figure over the first and last frame (frames 1 and 7): where the order matters."""
+    return (values[0] + values[-1]) / 2
+
+
 def _baseline(loader, device, num_frames: int, predict=None, desc: str = "baseline") -> dict:
     from utils.evaluation import evaluate
     from utils.metrics import SequenceMetrics
