@@ -11,7 +11,9 @@ folder holding Jin et al.'s four official files. Without it, the latest model (o
 the run train_blur2vid.py names for the same flags, Blur2Vid_<backbone>_<loss_type>_2frames_<dataset_name>,
 is evaluated (or of --exp_name); --loss_type defaults to hypercut when --hypercut_path is given and to
 order_inv otherwise, which is how the reference's README pairs its commands. Full images are used,
-whatever their size.
+whatever their size (the paper's protocol); --tile N (or --tile crop, the run's training crop size)
+predicts each image in N x N windows instead, to see what a network trained on small crops gives on
+inputs of the size it learnt on.
 
 p-metrics do not depend on the direction of the predicted sequence: with --p_mode pair (the paper's
 formula) each symmetric pair (k, 8-k) takes the better of its two assignments, with --p_mode sequence
@@ -30,6 +32,7 @@ DIR/<entry id>/frame_k.png, the id percent-escaped so that every entry has its o
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -40,9 +43,10 @@ from models import backbone_checkpoint_fields, backbone_names, load_backbone
 from models.hypercut import load_hypercut
 from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_eval_args, add_runtime_args,
                        check_flags, run_main)
+from utils.checkpoint import load_checkpoint
 from utils.device import resolve_device
 from utils.errors import FlagError
-from utils.evaluation import evaluate, make_eval_loader, predict_frames
+from utils.evaluation import evaluate, make_eval_loader, predict_frames, tiled
 from utils.images import OutputFolders, entry_folder, save_frames
 from utils.metrics import LPIPSMetric, LPIPSWeightsMissing, SequenceMetrics, min_image_size
 from utils.report import markdown_table, write_csv, write_json
@@ -75,7 +79,36 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--no_lpips", action="store_true", help="skip LPIPS (same as --lpips off)")
     p.add_argument("--hypercut_path", default=None, help="a HyperCUT checkpoint: adds hit/con of the predictions")
     p.add_argument("--save_images", default=None, help="write the predicted frames under this folder")
+    p.add_argument("--tile", default=None, type=tile_flag,
+                   help="predict in N x N windows (overlaps averaged) and score the reassembled frames; 'crop': "
+                        "the run's training crop size, read from the checkpoint. Default: whole images (the "
+                        "paper's protocol)")
     return p
+
+
+def tile_flag(text: str):
+    """--tile: a positive number of pixels, or 'crop'."""
+    if text == "crop":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"give a positive number of pixels or 'crop' (got {text!r})")
+    return value
+
+
+def resolve_tile(tile, pretrained_path) -> int | None:
+    """--tile as a number of pixels; 'crop' reads the training crop size recorded in the checkpoint."""
+    if tile != "crop":
+        return tile
+    path = Path(pretrained_path)
+    crop = None if path.is_dir() else (load_checkpoint(path).get("args") or {}).get("crop_size")
+    if not isinstance(crop, int) or crop < 1:
+        raise FlagError(f"--tile crop: {path} records no training crop size (official weights or another "
+                        "program's file); give --tile a number of pixels")
+    return crop
 
 
 def make_lpips(args, device):
@@ -99,6 +132,7 @@ def run_test(args) -> dict:
     args.loss_type = args.loss_type or ("hypercut" if args.hypercut_path else "order_inv")
     args.pretrained_path = str(resolve_pretrained(
         args, blur2vid_run_name(args.backbone or "Jin", args.loss_type, args.dataset_name)))
+    tile = resolve_tile(args.tile, args.pretrained_path)
     # LPIPS first: a required but missing weights file stops the run before any work is done
     lpips, lpips_status = make_lpips(args, device)
     model = load_backbone(args.pretrained_path, map_location=device, name=args.backbone, width_mult=args.width_mult)
@@ -127,15 +161,16 @@ def run_test(args) -> dict:
 
     metrics = SequenceMetrics(lpips=lpips, mode=args.p_mode)
     loader = make_eval_loader(dataset, args.batch_size, args.num_workers, device)
+    predict = lambda net, blur, gt: predict_frames(net, blur, gt, args.middle_frame)  # noqa: E731
     ordering = evaluate(model, loader, device, metrics, hypercut=hypercut, on_batch=on_batch, desc=args.split,
-                        predict=lambda net, blur, gt: predict_frames(net, blur, gt, args.middle_frame))
+                        predict=tiled(predict, tile) if tile else predict)
 
     result = {}
     for name in METRICS:
         result[name] = metrics.per_frame(name)
         result[f"{name}_mean"] = metrics.mean(name)
     result.update(p_mode=args.p_mode, num_sequences=metrics.num_sequences, psnr_cap_db=metrics.psnr_cap_db,
-                  lpips=lpips_status, middle_frame=MIDDLE_FRAME[args.middle_frame], split=args.split, dataset_name=args.dataset_name,
+                  lpips=lpips_status, tile=tile, middle_frame=MIDDLE_FRAME[args.middle_frame], split=args.split, dataset_name=args.dataset_name,
                   metadata_root=str(args.metadata_root), pretrained_path=str(args.pretrained_path),
                   **backbone_checkpoint_fields(model))
     if ordering is not None:
@@ -153,8 +188,9 @@ def report(result: dict) -> str:
                 for n in names]
 
     oracle = " [oracle centre: the ground truth's central frame]" if result["middle_frame"] != "predicted" else ""
+    tile = f", predicted in {result['tile']}x{result['tile']} tiles" if result.get("tile") else ""
     lines = [f"{result['backbone']['name']} ({result['pretrained_path']}) on {result['dataset_name']} "
-             f"{result['split']}: {result['num_sequences']} sequences{oracle}",
+             f"{result['split']}: {result['num_sequences']} sequences{tile}{oracle}",
              "", f"Order-agnostic (p_mode {result['p_mode']}):", "",
              markdown_table(headers, rows(METRICS[:3])),
              "", "In the predicted order:", "", markdown_table(headers, rows(METRICS[3:]))]

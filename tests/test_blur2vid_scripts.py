@@ -467,6 +467,66 @@ def test_test_script_cli(trained, data, tmp_path):
     assert "| pPSNR |" in proc.stdout and (tmp_path / "r.csv").is_file()
 
 
+def test_tile_starts_cover_the_image():
+    from utils.evaluation import tile_starts
+    assert tile_starts(128, 64) == [0, 64]
+    assert tile_starts(100, 64) == [0, 36]  # the last window ends at the edge
+    assert tile_starts(40, 64) == [0] and tile_starts(64, 64) == [0]
+    assert tile_starts(130, 32) == [0, 32, 64, 96, 98]
+    with pytest.raises(ValueError):
+        tile_starts(10, 0)
+
+
+def test_tiled_prediction_stitches_windows(trained):
+    """Each window is predicted alone (inputs of the window's size), overlaps averaged; written out here."""
+    from utils.evaluation import predict_frames, tiled
+    run_dir, _ = trained
+    model = load_backbone(run_dir / "models" / "0001.pth")
+    gen = torch.Generator().manual_seed(3)
+    blur, gt = torch.rand(2, 3, SIZE, SIZE, generator=gen), torch.rand(2, 7, 3, SIZE, SIZE, generator=gen)
+    seen = []
+
+    def record(net, b, g):
+        seen.append(tuple(b.shape[-2:]))
+        return predict_frames(net, b, g)
+
+    with torch.no_grad():
+        got = tiled(record, 24)(model, blur, gt)
+        whole = predict_frames(model, blur, gt)
+        expected = torch.zeros_like(whole)
+        count = torch.zeros(SIZE, SIZE)
+        for y in (0, 16):
+            for x in (0, 16):
+                expected[..., y:y + 24, x:x + 24] += model(blur[..., y:y + 24, x:x + 24])["frames"]
+                count[y:y + 24, x:x + 24] += 1
+    assert seen == [(24, 24)] * 4
+    assert count[20, 20] == 4 and count[5, 5] == 1
+    assert got.shape == whole.shape == (2, 7, 3, SIZE, SIZE)
+    torch.testing.assert_close(got, expected / count, rtol=1e-5, atol=1e-6)
+    assert (got - whole).abs().max() > 1e-3  # the network sees context: windows are not the whole image
+    with torch.no_grad():  # a window as large as the image is the whole image
+        torch.testing.assert_close(tiled(predict_frames, SIZE)(model, blur, gt), whole)
+
+
+def test_test_script_tile_flag(trained, data, official_dir, capsys):
+    run_dir, _ = trained
+    base = ["--metadata_root", str(data), "--pretrained_path", str(run_dir / "models" / "0001.pth"), "--no_lpips",
+            "--device", "cpu", "--num_workers", "0"]
+    whole = test_blur2vid.run_test(test_blur2vid.build_parser().parse_args(base))
+    assert whole["tile"] is None
+    # 'crop' reads the run's training crop (SIZE, the images' size): the same figures as whole images
+    crop = test_blur2vid.run_test(test_blur2vid.build_parser().parse_args(base + ["--tile", "crop"]))
+    assert crop["tile"] == SIZE and crop["pPSNR"] == pytest.approx(whole["pPSNR"], rel=1e-6)
+    small = test_blur2vid.run_test(test_blur2vid.build_parser().parse_args(base + ["--tile", "24"]))
+    assert small["tile"] == 24 and small["pPSNR"] != pytest.approx(whole["pPSNR"], rel=1e-6)
+    assert "predicted in 24x24 tiles" in test_blur2vid.report(small)
+    err = one_line_error(capsys, test_blur2vid.main, base[:2] + ["--pretrained_path", str(official_dir), "--no_lpips",
+                                                                 "--device", "cpu", "--tile", "crop"])
+    assert "--tile crop" in err and "records no training crop size" in err
+    err = one_line_error(capsys, test_blur2vid.main, base + ["--tile", "-3"])
+    assert "--tile" in err and "positive number of pixels" in err
+
+
 def test_missing_lpips_weights_are_skipped_or_required(trained, data, tmp_path, monkeypatch, capsys):
     """Offline without the AlexNet file: the evaluation completes, one warning line, LPIPS null in JSON and
     'skipped' in the tables; --lpips require makes it one error line."""

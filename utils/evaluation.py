@@ -75,6 +75,38 @@ def predict_frames(net, blur: torch.Tensor, gt: torch.Tensor, middle_frame: str 
     return net(blur, center)["frames"].float()
 
 
+def tile_starts(size: int, tile: int) -> list[int]:
+    """Top/left offsets of the tiles that cover `size` pixels: a tile every `tile` pixels, the last one
+    moved back to end at the edge (so it overlaps its neighbour); one tile at 0 when size <= tile."""
+    if tile <= 0:
+        raise ValueError(f"tile must be positive, got {tile}")
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, tile))
+    return starts + [size - tile]
+
+
+def tiled(predict, tile: int):
+    """predict(net, blur, gt) run on tile x tile windows of the images instead of whole images, the
+    windows' frames put back in place (overlaps averaged). A network trained on crops of that size then
+    sees inputs of the size it learnt on; a network whose layers look wider than its crop (Jin's dilated
+    convolutions, instance norm over the whole input) can behave differently on whole images."""
+    def run(net, blur, gt):
+        h, w = blur.shape[-2:]
+        out = weight = None
+        for y in tile_starts(h, tile):
+            for x in tile_starts(w, tile):
+                win = (..., slice(y, y + tile), slice(x, x + tile))
+                frames = predict(net, blur[win], gt[win])
+                if out is None:
+                    out = frames.new_zeros(frames.shape[:-2] + (h, w))
+                    weight = frames.new_zeros((h, w))
+                out[win] += frames
+                weight[y:y + tile, x:x + tile] += 1
+        return out / weight
+    return run
+
+
 @torch.no_grad()
 def evaluate(model, loader, device: torch.device, metrics: SequenceMetrics, hypercut=None,
              on_batch=None, desc: str = "eval", dist_info: DistInfo | None = None, predict=None) -> dict | None:
