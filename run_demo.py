@@ -21,7 +21,10 @@ Stages, each one of the project's scripts run as a user would (their commands ar
   5. evaluate     test_blur2vid.py for each (pPSNR / pSSIM / PSNR / SSIM per frame, hit/con of the
                   predictions; LPIPS when its weights can be had, otherwise reported as skipped); OUT/per_frame.png;
                   frames 1 & 7 against order_inv and naive, beside two no-network references (the blurry
-                  image as every frame; the mean of each true frame pair, OUT/baselines.json)
+                  image as every frame; the mean of each true frame pair, OUT/baselines.json); the same
+                  networks again predicting in windows of their training crop size (--tile crop,
+                  OUT/jin_<loss>_test_tiled.json), since a net trained on small crops scores lower on
+                  whole images
   5b. purohit    train_blur2vid.py --backbone Purohit: stage 1 (the video autoencoder), then stage 2
                   with order_inv (the paper's baseline), narrow (--width_mult) on a CPU; test_blur2vid.py
                   with its predicted centre and with the ground truth's (the paper's oracle-centre protocol)
@@ -205,26 +208,36 @@ def outer(res: dict) -> float:
     return outer_frames(res["pPSNR"])
 
 
-def comparison_lines(tests: dict[str, dict], baselines: dict | None) -> list[str]:
-    """Frames 1 & 7 of every run, the gains over order_inv (the paper's baseline) and over naive training on
-    the stored random order, and the no-network reference points."""
-    lines = ["", "pPSNR on frames 1 & 7 (where the order matters): " + ", ".join(
-        f"{loss} {outer(res):.2f}" for loss, res in tests.items()) + " dB."]
+def _gains_line(title: str, tests: dict[str, dict]) -> str:
+    """Frames 1 & 7 of every run and the gains over order_inv (the paper's baseline) and over naive training
+    on the stored random order."""
+    line = title + ", ".join(f"{loss} {outer(res):.2f}" for loss, res in tests.items()) + " dB."
     for loss, res in tests.items():
         gains = [f"{outer(res) - outer(tests[ref]):+.2f} dB over {ref}" for ref in ("order_inv", "naive")
                  if ref in tests and ref != loss]
         if loss not in ("order_inv", "naive") and gains:
-            lines[-1] += f" {loss}: " + ", ".join(gains) + "."
+            line += f" {loss}: " + ", ".join(gains) + "."
+    return line
+
+
+def comparison_lines(tests: dict[str, dict], baselines: dict | None, tiled: dict[str, dict] | None = None) -> list[str]:
+    """Frames 1 & 7 of every run with the gains (whole images, then predicted in windows of the training crop
+    size when `tiled` is given), and the no-network reference points."""
+    lines = ["", _gains_line("pPSNR on frames 1 & 7 (where the order matters): ", tests)]
+    if tiled:
+        tile = next(iter(tiled.values())).get("tile")
+        lines += ["", _gains_line(f"The same networks predicting in {tile}x{tile} windows, the size they were "
+                                  "trained on (test_blur2vid.py --tile crop; docs/ordering.md section 10): ", tiled)]
     if baselines:
-        lines[-1] += (f" No network: the blurry image as every frame {outer(baselines['blur']):.2f}; the mean of each "
+        lines += ["", f"No network: the blurry image as every frame {outer(baselines['blur']):.2f}; the mean of each "
                       f"true frame pair {outer(baselines['pair_mean']):.2f} (what a network trained on a random order "
-                      f"can reach at best under L2; the order matters most above it; docs/ordering.md section 9).")
+                      f"can reach at best under L2; the order matters most above it; docs/ordering.md section 9)."]
     return lines
 
 
 def summary_markdown(hc: dict, tests: dict[str, dict], out: Path, mode: str, hc_ext: dict | None = None,
                      probe: dict | None = None, purohit: dict | None = None, purohit_flags: list | None = None,
-                     baselines: dict | None = None) -> str:
+                     baselines: dict | None = None, tiled: dict[str, dict] | None = None) -> str:
     from utils.report import markdown_table
     lines = [f"# HyperCUT demo ({mode})", "", "## HyperCUT ordering, test split", ""]
     keys = ["hit", "hit_x2_x6", "hit_x3_x5", "con@2", "con@3", "num_sequences"]
@@ -248,7 +261,7 @@ def summary_markdown(hc: dict, tests: dict[str, dict], out: Path, mode: str, hc_
         row += [res.get(k, "-") for k in extra]
         rows.append(row)
     lines.append(markdown_table(["loss"] + names + [f"predictions {k}" for k in extra], rows))
-    lines += comparison_lines(tests, baselines)
+    lines += comparison_lines(tests, baselines, tiled)
     lines += ["", "pPSNR per frame (1..7):", ""]
     lines.append(markdown_table(["loss"] + [str(i + 1) for i in range(len(next(iter(tests.values()))["pPSNR"]))],
                                 [[loss] + res["pPSNR"] for loss, res in tests.items()]))
@@ -331,7 +344,7 @@ def main_body(args) -> int:
                    out / "probe.png", title="direction probe: held-out agreement")
 
         # 4-5. deblurring runs and their evaluation
-        tests = {}
+        tests, tiled = {}, {}
         for loss, loss_flags, hc in cfg["runs"]:
             exp = f"jin_{loss}"
             extra = train_args(ckpts / exp, cfg["jin_epochs"])
@@ -346,6 +359,11 @@ def main_body(args) -> int:
                       ["--metadata_root", data, "--pretrained_path", model, "--output_json", result]
                       + hc_flag + common, log)
             tests[loss] = read_json(result)
+            result = out / f"{exp}_test_tiled.json"
+            run_stage(f"test Jin ({loss}, in training-crop windows)", "test_blur2vid.py",
+                      ["--metadata_root", data, "--pretrained_path", model, "--output_json", result, "--tile", "crop",
+                       "--no_lpips"] + common, log)
+            tiled[loss] = read_json(result)
         baselines_json = out / "baselines.json"
         baselines = read_json(baselines_json) if baselines_json.exists() else {}
         if baselines.get("data") != str(data):  # computed once per dataset
@@ -374,7 +392,7 @@ def main_body(args) -> int:
                    "--device", args.device, "--gif"], log)
 
         text = summary_markdown(read_json(hc_json), tests, out, mode, read_json(out / "hypercut_ext_test.json"),
-                                probe, purohit, cfg["purohit"], baselines)
+                                probe, purohit, cfg["purohit"], baselines, tiled)
         from utils.checkpoint import atomic_write_text
         atomic_write_text(out / "summary.md", text)
         log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} done in {time.time() - started:.0f} s\n")

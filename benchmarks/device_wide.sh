@@ -41,6 +41,8 @@ stamp "order_matrix rc=$?"
 # the wide report: this call's results, the runs' logs and the blur baseline order_matrix computed
 mkdir -p "$R/wide"
 cp "$R"/om/results/jin_wide_*.json "$R"/om/results/jin_wide_*.csv "$R/wide/" 2>/dev/null
+mkdir -p "$R/wide/tiled"  # the same models predicting in 64x64 windows (test_blur2vid.py --tile crop)
+cp "$R"/om/results/tiled/jin_wide_*.json "$R/wide/tiled/" 2>/dev/null
 for run in "$WORK"/checkpoints/jin_wide_*; do
   [ -f "$run/log.txt" ] && cp "$run/log.txt" "$R/wide/$(basename "$run")_log.txt"
 done

@@ -231,6 +231,12 @@ def build_jobs(args, work: Path, out: Path) -> list:
                         ["--metadata_root", data, "--pretrained_path", model, "--no_lpips", "--hypercut_path",
                          hc_ckpt(hc), "--batch_size", "10", "--output_json", res / f"{exp}.json"] + device,
                         res / f"{exp}.json", deps=[exp, f"hc_{hc}"], late=True))
+        # the same model predicting in windows of its training crop size (test_blur2vid.py --tile crop):
+        # how much of the gap to the blur is the crop-vs-whole-image mismatch (docs/ordering.md section 10)
+        jobs.append(Job(f"eval_tiled_{budget}_{row}", "test_blur2vid.py",
+                        ["--metadata_root", data, "--pretrained_path", model, "--no_lpips", "--tile", "crop",
+                         "--batch_size", "10", "--output_json", res / "tiled" / f"{exp}.json"] + device,
+                        res / "tiled" / f"{exp}.json", deps=[exp], late=True))
     for j in jobs[1:]:  # everything reads the dataset; a dependency may be done already (a HyperCUT carried over)
         j.deps.add("data")
     return jobs
@@ -414,7 +420,7 @@ def write_report(args, work: Path, out: Path, jobs: list) -> None:
                   resolve_device(args.device))
         matrix[key] = {"row": row, **base, "pPSNR_1_7": outer_frames(base["pPSNR"])}
         exact_middle = key == "pair_mean"  # its frame 4 is the ground truth (100 dB): no frame-4 or mean figure
-        table.append(["-", label, matrix[key]["pPSNR_1_7"]]
+        table.append(["-", label, matrix[key]["pPSNR_1_7"], "-"]
                      + (["-"] * 3 if exact_middle else [base["pPSNR"][3], base["pPSNR_mean"], base["pSSIM_mean"]])
                      + ["-"] * 7)
     for budget in BUDGETS:
@@ -423,14 +429,19 @@ def write_report(args, work: Path, out: Path, jobs: list) -> None:
             r = json.loads(result.read_text())
             row = exp[len(f"jin_{budget}_"):]
             terms = last_epoch_terms(work / "checkpoints" / exp / "log.txt")
+            tiled_path = res / "tiled" / result.name
+            tiled = json.loads(tiled_path.read_text()) if tiled_path.exists() else None
             entry = {"budget": budget, "row": row, "pPSNR": r["pPSNR"], "pSSIM": r["pSSIM"],
                      "pPSNR_mean": r["pPSNR_mean"], "pSSIM_mean": r["pSSIM_mean"],
                      "pPSNR_1_7": outer_frames(r["pPSNR"]), "PSNR_mean": r["PSNR_mean"],
                      "hit": r.get("hit"), "con@3": r.get("con@3"), "hypercut_path": r.get("hypercut_path"),
-                     "last_epoch_terms": terms, "order": analysis.get(exp, {})}
+                     "last_epoch_terms": terms, "order": analysis.get(exp, {}),
+                     "tiled": None if tiled is None else {"tile": tiled["tile"], "pPSNR": tiled["pPSNR"],
+                                                         "pSSIM": tiled["pSSIM"],
+                                                         "pPSNR_1_7": outer_frames(tiled["pPSNR"])}}
             matrix[exp] = entry
             oa = entry["order"]
-            table.append([budget, row, entry["pPSNR_1_7"], r["pPSNR"][3], entry["pPSNR_mean"], entry["pSSIM_mean"],
+            table.append([budget, row, entry["pPSNR_1_7"], entry["tiled"] and entry["tiled"]["pPSNR_1_7"], r["pPSNR"][3], entry["pPSNR_mean"], entry["pSSIM_mean"],
                           entry["hit"], next((f["follows_oracle"] for f in oa.values() if f.get("follows_oracle") is not None), None),
                           oa.get("paper", {}).get("follows_hypercut"), oa.get("ext", {}).get("follows_hypercut"),
                           terms.get("base"), terms.get("reg"), terms.get("total")])
@@ -439,10 +450,11 @@ def write_report(args, work: Path, out: Path, jobs: list) -> None:
                                      "jobs": {j.name: {"state": j.state, "seconds": j.seconds} for j in jobs}})
     if table:
         lines += ["## Deblurring matrix, test split (pPSNR in dB, p_mode pair)", "",
-                  markdown_table(["budget", "row", "pPSNR 1/7", "pPSNR 4", "pPSNR mean", "pSSIM mean", "hit (pred)",
+                  markdown_table(["budget", "row", "pPSNR 1/7", "1/7 in crop tiles", "pPSNR 4", "pPSNR mean", "pSSIM mean", "hit (pred)",
                                   "follows oracle", "follows HC paper", "follows HC ext", "base", "R", "train loss"],
                                  table, 3), "",
-                  "Per-frame pPSNR / pSSIM of every run: matrix.json. follows_*: fraction of test sequences whose "
+                  "Per-frame pPSNR / pSSIM of every run: matrix.json. 1/7 in crop tiles: the same model predicting in "
+                  "windows of its training crop size (test_blur2vid.py --tile crop). follows_*: fraction of test sequences whose "
                   "prediction is in that order (utils/order_eval.py).", ""]
     for budget, curves in series.items():
         per_frame_plot(curves, out / f"per_frame_{budget}.png", title=f"pPSNR per frame, {budget} budget")

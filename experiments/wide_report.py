@@ -62,7 +62,8 @@ def read_log(path: Path) -> dict:
 def main(argv=None) -> int:
     p = ArgumentParser(description=__doc__)
     p.add_argument("--results", required=True,
-                   help="folder with jin_wide_<row>.json/.csv, *_log.txt, blur.json (and pair_mean.json, optional)")
+                   help="folder with jin_wide_<row>.json/.csv, *_log.txt, blur.json (and, optional, pair_mean.json "
+                        "and tiled/jin_wide_<row>.json: test_blur2vid.py --tile crop)")
     p.add_argument("--out", required=True, help="markdown report to write (a .json beside it)")
     p.add_argument("--figures", required=True, help="folder for the two PNGs")
     p.add_argument("--prefix", default="wide", help="file name prefix of the PNGs")
@@ -81,23 +82,27 @@ def main(argv=None) -> int:
     def f(v, digits):
         return "-" if v is None else f"{v:.{digits}f}"
 
-    table.append(["blur as every frame (no network)", "-", f(outer_frames(blur["pPSNR"]), 2),
+    table.append(["blur as every frame (no network)", "-", f(outer_frames(blur["pPSNR"]), 2), "-",
                   f(blur["pPSNR"][3], 2), f(sum(blur["pPSNR"]) / 7, 2), f(sum(blur["pSSIM"]) / 7, 3), "-", "-"])
     pair_path = folder / "pair_mean.json"  # utils.order_eval.pair_mean_baseline, when the call computed it
     pair_mean = json.loads(pair_path.read_text()) if pair_path.exists() else None
     if pair_mean is not None:
         table.append(["mean of each true pair (the random order's best, L2)", "-",
-                      f(outer_frames(pair_mean["pPSNR"]), 2), "(exact)", "-", "-", "-", "-"])
+                      f(outer_frames(pair_mean["pPSNR"]), 2), "-", "(exact)", "-", "-", "-", "-"])
+    tiled_folder = folder / "tiled"  # the same models predicting in windows of their crop size (--tile crop)
     for row, label in ROWS:
         r = read_result(folder, row)
         if r is None:
             continue
+        t = read_result(tiled_folder, row)
         log = read_log(folder / f"jin_wide_{row}_log.txt")
         f17 = outer_frames(r["pPSNR"])
         summary[row] = {**r, "label": label, "pPSNR_1_7": f17, "pPSNR_mean": sum(r["pPSNR"]) / len(r["pPSNR"]),
-                        "pSSIM_mean": sum(r["pSSIM"]) / len(r["pSSIM"]), "log": log}
+                        "pSSIM_mean": sum(r["pSSIM"]) / len(r["pSSIM"]), "log": log,
+                        "tiled": None if t is None else {"pPSNR": t["pPSNR"], "pSSIM": t["pSSIM"],
+                                                         "pPSNR_1_7": outer_frames(t["pPSNR"])}}
         last = f"{log['epoch'][-1]} / {log['step'][-1]}" if log["epoch"] else "(no log)"
-        table.append([label, last, f(f17, 2), f(r["pPSNR"][3], 2), f(summary[row]["pPSNR_mean"], 2),
+        table.append([label, last, f(f17, 2), f(t and outer_frames(t["pPSNR"]), 2), f(r["pPSNR"][3], 2), f(summary[row]["pPSNR_mean"], 2),
                       f(summary[row]["pSSIM_mean"], 3), f(r["hit"], 2), f(log["loss"][-1] if log["loss"] else None, 4)])
         series[label] = r["pPSNR"]
         if log["step"] and row != "order_inv":  # order_inv's loss is over pairs: another scale
@@ -109,19 +114,27 @@ def main(argv=None) -> int:
                                title=f"pPSNR per frame, test split, full-width Jin{steps}{card}")
     loss = curves_plot(curves, figs / f"{args.prefix}_train_loss.png", "step (batch 16, 64x64 crops)",
                        "training L1 (epoch mean)", title=f"image loss per epoch, from epoch 2{card}")
-    lines = markdown_table(["run", "epochs / steps", "pPSNR 1/7", "pPSNR 4", "pPSNR mean", "pSSIM mean",
+    lines = markdown_table(["run", "epochs / steps", "pPSNR 1/7", "1/7 in crop tiles", "pPSNR 4", "pPSNR mean", "pSSIM mean",
                             "hit (pred)", "last epoch's loss"], table)
-    ref = summary.get("naive", {}).get("pPSNR_1_7"), summary.get("order_inv", {}).get("pPSNR_1_7")
-    gains = {row: {"over_random": None if ref[0] is None else s["pPSNR_1_7"] - ref[0],
-                   "over_order_inv": None if ref[1] is None else s["pPSNR_1_7"] - ref[1]}
-             for row, s in summary.items()}
-    write_json(out.with_suffix(".json"), {"card": args.card, "blur": blur, "pair_mean": pair_mean, "runs": summary, "gains_1_7": gains})
+    def gains_of(get):
+        ref = get(summary.get("naive")), get(summary.get("order_inv"))
+        return {row: {"over_random": None if ref[0] is None or get(s) is None else get(s) - ref[0],
+                      "over_order_inv": None if ref[1] is None or get(s) is None else get(s) - ref[1]}
+                for row, s in summary.items()}
+    gains = gains_of(lambda s: s and s["pPSNR_1_7"])
+    tiled_gains = gains_of(lambda s: s and s["tiled"] and s["tiled"]["pPSNR_1_7"])
+    write_json(out.with_suffix(".json"), {"card": args.card, "blur": blur, "pair_mean": pair_mean, "runs": summary,
+                                          "gains_1_7": gains, "gains_1_7_tiled": tiled_gains})
+
+    def gain_line(title, gains):
+        return title + "; ".join(f"{row}: " + ", ".join(f"{v:+.2f} over {k[5:].replace('_', ' ')}"
+                                                          for k, v in g.items() if v is not None)
+                                 for row, g in gains.items() if any(v is not None for v in g.values()))
+    tiled_line = [gain_line("The same, predicting in windows of the training crop size: ", tiled_gains), ""] \
+        if any(s["tiled"] for s in summary.values()) else []
     atomic_write_text(out, "\n".join([f"# Full-width Jin, time-bounded budget{card}", "", lines, "",
-                                      "Gain in pPSNR on frames 1/7 (dB): " + "; ".join(
-                                          f"{row}: " + ", ".join(f"{v:+.2f} over {k[5:].replace('_', ' ')}"
-                                                                 for k, v in g.items() if v is not None)
-                                          for row, g in gains.items() if any(v is not None for v in g.values())), "",
-                                      f"Figures: {per_frame}, {loss}", ""]))
+                                      gain_line("Gain in pPSNR on frames 1/7 (dB): ", gains), ""] + tiled_line
+                                     + [f"Figures: {per_frame}, {loss}", ""]))
     print(out.read_text())
     return 0
 

@@ -224,7 +224,17 @@ def test_order_matrix_jobs_are_well_formed(tmp_path):
         evals = [j for j in jobs if j.name.startswith("eval_")]
         trains = {j.name: j for j in jobs}
         assert all(e.late for e in evals) and not any(j.late for j in jobs if j not in evals)
+        tiled = {e.name: e for e in evals if e.name.startswith("eval_tiled_")}
+        assert len(tiled) == len(evals) - len(tiled) > 0  # every trained model is also evaluated in crop tiles
+        for name, e in tiled.items():
+            plain = trains[name.replace("eval_tiled_", "eval_", 1)]
+            assert e.args[e.args.index("--tile") + 1] == "crop" and "--tile" not in plain.args
+            assert e.args[e.args.index("--pretrained_path") + 1] is plain.args[plain.args.index("--pretrained_path") + 1]
+            out = e.args[e.args.index("--output_json") + 1]
+            assert out.parent.name == "tiled" and out.name == plain.args[plain.args.index("--output_json") + 1].name
         for e in evals:
+            if e.name in tiled:
+                continue
             train = trains[e.name.replace("eval_", "jin_", 1)]
             model = e.args[e.args.index("--pretrained_path") + 1]
             amp = train.args[train.args.index("--amp") + 1] if "--amp" in train.args else None
@@ -253,7 +263,7 @@ def test_order_matrix_selects_budgets_rows_and_hypercuts(tmp_path):
     assert not any(n.startswith(("probe", "hc_paper")) for n in names)
     # the predictions' hit is measured with a HyperCUT that is trained in this run
     assert all(str(tmp_path / "w" / "checkpoints" / "hc_ext") in str(j.args[j.args.index("--hypercut_path") + 1])
-               for j in jobs if j.name.startswith("eval_"))
+               for j in jobs if j.name.startswith("eval_") and not j.name.startswith("eval_tiled_"))
     wide = [j for j in jobs if j.name.startswith("jin_wide_")]
     assert all(j.args[j.args.index("--epochs") + 1] == om.BUDGETS["wide"][1] for j in wide)  # time alone bounds them
     # --wide_epochs: rows run in a later call stop at the epoch (the batches) of an earlier call's rows
@@ -406,7 +416,8 @@ def test_wide_report_reads_json_csv_and_logs(tmp_path, capsys):
     gains = summary["gains_1_7"]["hcloss_ext_a0"]
     assert gains["over_random"] == pytest.approx(19.5 - 18.25) and gains["over_order_inv"] == pytest.approx(2.5)
     text = out.read_text()
-    assert "| hypercut loss, our HyperCUT, alpha 0 | 2 / 44 | 19.50 |" in text and "(no log)" in text
+    assert "| hypercut loss, our HyperCUT, alpha 0 | 2 / 44 | 19.50 | - |" in text and "(no log)" in text
+    assert "crop size:" not in text and summary["runs"]["naive"]["tiled"] is None
     assert "hcloss_ext_a0: +1.25 over random, +2.50 over order inv" in text
     # a later call without order_inv (benchmarks/device_wide.sh): the gains over what it has
     (res / "jin_wide_order_inv.csv").unlink()
@@ -419,7 +430,19 @@ def test_wide_report_reads_json_csv_and_logs(tmp_path, capsys):
     (res / "pair_mean.json").write_text(json.dumps({"pPSNR": [20.25, 21, 23, 100.0, 23, 21, 20.75],
                                                      "pSSIM": [0.7, 0.7, 0.8, 1.0, 0.8, 0.7, 0.7]}))
     assert wide_report.main(["--results", str(res), "--out", str(out), "--figures", str(tmp_path / "f")]) == 0
-    assert "| mean of each true pair (the random order's best, L2) | - | 20.50 | (exact) |" in out.read_text()
+    assert "| mean of each true pair (the random order's best, L2) | - | 20.50 | - | (exact) |" in out.read_text()
     assert json.loads(out.with_suffix(".json").read_text())["pair_mean"]["pPSNR"][0] == 20.25
+    # with the crop-tiled evaluations (order_matrix.py's eval_tiled_* jobs): a column and their own gains
+    (res / "tiled").mkdir()
+    (res / "tiled" / "jin_wide_naive.json").write_text(json.dumps({"pPSNR": [19.0, 20, 21, 22, 21, 20, 19.5],
+                                                                    "pSSIM": [0.5] * 7, "hit": None}))
+    (res / "tiled" / "jin_wide_hcloss_ext_a0.json").write_text(json.dumps({"pPSNR": [21.0, 20, 21, 22, 21, 20, 21.5],
+                                                                            "pSSIM": [0.5] * 7, "hit": None}))
+    assert wide_report.main(["--results", str(res), "--out", str(out), "--figures", str(tmp_path / "f")]) == 0
+    text, summary = out.read_text(), json.loads(out.with_suffix(".json").read_text())
+    assert "| hypercut loss, our HyperCUT, alpha 0 | 2 / 44 | 19.50 | 21.25 |" in text
+    assert summary["gains_1_7_tiled"]["hcloss_ext_a0"]["over_random"] == pytest.approx(21.25 - 19.25)
+    assert "crop size: naive: +0.00 over random; hcloss_ext_a0: +2.00 over random" in text
+    assert summary["gains_1_7"]["hcloss_ext_a0"]["over_random"] == pytest.approx(1.25)  # untouched
     with pytest.raises(SystemExit, match="blur.json is missing"):
         wide_report.main(["--results", str(tmp_path), "--out", str(out), "--figures", str(tmp_path / "f")])

@@ -51,6 +51,13 @@ def test_quick_demo_end_to_end(tmp_path):
     inv, ext = (json.loads((out / f"jin_{k}_test.json").read_text()) for k in ("order_inv", "hypercut_ext"))
     gain = 0.5 * (ext["pPSNR"][0] + ext["pPSNR"][6]) - 0.5 * (inv["pPSNR"][0] + inv["pPSNR"][6])
     assert f"hypercut_ext: {gain:+.2f} dB over order_inv." in summary
+    # and predicted in windows of the training crop (40 of the 64x64 images): their own line and figures
+    tiled = {k: json.loads((out / f"jin_{k}_test_tiled.json").read_text()) for k in ("order_inv", "hypercut_ext")}
+    assert all(t["tile"] == 40 and t["num_sequences"] == 4 for t in tiled.values())
+    assert tiled["order_inv"]["pPSNR"] != inv["pPSNR"]  # the windows change what the network sees
+    tgain = 0.5 * sum(tiled["hypercut_ext"]["pPSNR"][k] - tiled["order_inv"]["pPSNR"][k] for k in (0, 6))
+    assert "The same networks predicting in 40x40 windows" in summary
+    assert f"hypercut_ext: {tgain:+.2f} dB over order_inv." in summary.split("40x40 windows")[1]
     assert base["pair_mean"]["pPSNR"][3] == 100.0 and base["pair_mean"]["pPSNR"][0] > base["blur"]["pPSNR"][0]
     assert f"the mean of each true frame pair {0.5 * (base['pair_mean']['pPSNR'][0] + base['pair_mean']['pPSNR'][6]):.2f}" in summary
 
