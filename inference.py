@@ -10,7 +10,9 @@ F35_N8.pth, F26_N9_from_F35_N8.pth, F17_N9_from_F26_N9_from_F35_N8.pth).
 --blur_path: one image, or a folder whose png/jpg/jpeg/bmp images are all processed (sorted by name).
 Each image, at its own size, gives OUTPUT/<image stem>/frame_1.png .. frame_7.png (8-bit RGB), every
 file written to a temporary name and renamed; --gif adds frames.gif (the frames played forwards and
-back) and contact.png (blur | frames).
+back) and contact.png (blur | frames). --tile N predicts each image in N x N windows (overlaps averaged;
+'crop': the run's training crop size): for images too large for the device, and for networks trained
+on small crops, which can do worse on whole images (docs/ordering.md section 10).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from models import backbone_names, load_backbone
 from utils.cli import ArgumentParser, add_runtime_args, check_flags, run_main
 from utils.device import out_of_memory_hint, resolve_device
 from utils.errors import FlagError
+from utils.evaluation import add_tile_arg, resolve_tile, tiled
 from utils.images import OutputFolders, save_frames
 from utils.training import progress
 
@@ -43,6 +46,7 @@ def build_parser() -> ArgumentParser:
                    help="accepted for the reference's command line: the model's frames are all written")
     p.add_argument("--gif", action="store_true",
                    help="also write OUTPUT/<image stem>/frames.gif (the frames, animated) and contact.png (blur | frames)")
+    add_tile_arg(p)
     p.add_argument("--width_mult", type=float, default=None,
                    help="width of an official-weights folder's model (default 1.0); checked against a checkpoint's")
     add_runtime_args(p, batch_size=None)
@@ -78,13 +82,17 @@ def check_readable(images) -> None:
 
 
 @torch.inference_mode()
-def deblur(model, image: torch.Tensor, device) -> torch.Tensor:
+def deblur(model, image: torch.Tensor, device, tile: int | None = None) -> torch.Tensor:
     """One blurry image, RGB float [0, 1] (3, H, W) of any size -> its frames (T, 3, H, W), float on the CPU
-    (not clamped)."""
-    return model(image.unsqueeze(0).to(device))["frames"][0].float().cpu()
+    (not clamped); with tile, predicted in tile x tile windows (utils.evaluation.tiled)."""
+    def predict(net, blur, _):
+        return net(blur)["frames"].float()
+    image = image.unsqueeze(0).to(device)
+    return (tiled(predict, tile) if tile else predict)(model, image, image)[0].cpu()
 
 
-def run_inference(model, images, output_path, device, log=print, gif: bool = False) -> list[Path]:
+def run_inference(model, images, output_path, device, log=print, gif: bool = False,
+                  tile: int | None = None) -> list[Path]:
     """Deblur each image file and write OUTPUT/<stem>/frame_k.png (with gif: frames.gif and contact.png
     too); returns the output folders."""
     out = OutputFolders(output_path)
@@ -92,10 +100,10 @@ def run_inference(model, images, output_path, device, log=print, gif: bool = Fal
     for path in progress(images, desc="inference", unit="image"):
         image = read_image(path)
         start = time.perf_counter()
+        advice = "use a smaller --tile" if tile else "use --tile N (e.g. --tile 256) or a smaller image"
         with out_of_memory_hint(lambda: f"deblurring {path} ({image.shape[2]}x{image.shape[1]}, W x H) on {device}: "
-                                        "inference has no tiling option; use a smaller image (crop or downscale it)"
-                                        + (" or --device cpu" if device.type != "cpu" else "")):
-            frames = deblur(model, image, device)
+                                        + advice + (" or --device cpu" if device.type != "cpu" else "")):
+            frames = deblur(model, image, device, tile)
         folder = out.folder(path.stem, str(path))
         save_frames(frames, folder)
         if gif:
@@ -123,7 +131,7 @@ def main_body(args) -> None:
     if args.target_frames is not None and sorted(args.target_frames) != list(range(1, model.num_frames + 1)):
         raise FlagError(f"--target_frames: the model predicts frames 1..{model.num_frames}, and inference writes "
                         "them all; leave the flag out")
-    run_inference(model, images, out, device, gif=args.gif)
+    run_inference(model, images, out, device, gif=args.gif, tile=resolve_tile(args.tile, args.pretrained_path))
 
 
 def main(argv=None) -> int:

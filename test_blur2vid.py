@@ -32,7 +32,6 @@ DIR/<entry id>/frame_k.png, the id percent-escaped so that every entry has its o
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -43,10 +42,9 @@ from models import backbone_checkpoint_fields, backbone_names, load_backbone
 from models.hypercut import load_hypercut
 from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_eval_args, add_runtime_args,
                        check_flags, run_main)
-from utils.checkpoint import load_checkpoint
 from utils.device import resolve_device
 from utils.errors import FlagError
-from utils.evaluation import evaluate, make_eval_loader, predict_frames, tiled
+from utils.evaluation import add_tile_arg, evaluate, make_eval_loader, predict_frames, resolve_tile, tiled
 from utils.images import OutputFolders, entry_folder, save_frames
 from utils.metrics import LPIPSMetric, LPIPSWeightsMissing, SequenceMetrics, min_image_size
 from utils.report import markdown_table, write_csv, write_json
@@ -79,36 +77,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--no_lpips", action="store_true", help="skip LPIPS (same as --lpips off)")
     p.add_argument("--hypercut_path", default=None, help="a HyperCUT checkpoint: adds hit/con of the predictions")
     p.add_argument("--save_images", default=None, help="write the predicted frames under this folder")
-    p.add_argument("--tile", default=None, type=tile_flag,
-                   help="predict in N x N windows (overlaps averaged) and score the reassembled frames; 'crop': "
-                        "the run's training crop size, read from the checkpoint. Default: whole images (the "
-                        "paper's protocol)")
+    add_tile_arg(p)
     return p
-
-
-def tile_flag(text: str):
-    """--tile: a positive number of pixels, or 'crop'."""
-    if text == "crop":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"give a positive number of pixels or 'crop' (got {text!r})")
-    return value
-
-
-def resolve_tile(tile, pretrained_path) -> int | None:
-    """--tile as a number of pixels; 'crop' reads the training crop size recorded in the checkpoint."""
-    if tile != "crop":
-        return tile
-    path = Path(pretrained_path)
-    crop = None if path.is_dir() else (load_checkpoint(path).get("args") or {}).get("crop_size")
-    if not isinstance(crop, int) or crop < 1:
-        raise FlagError(f"--tile crop: {path} records no training crop size (official weights or another "
-                        "program's file); give --tile a number of pixels")
-    return crop
 
 
 def make_lpips(args, device):

@@ -527,6 +527,28 @@ def test_test_script_tile_flag(trained, data, official_dir, capsys):
     assert "--tile" in err and "positive number of pixels" in err
 
 
+def test_inference_tile_flag(trained, tmp_path):
+    """inference.py --tile: the written frames are the tiled prediction of utils.evaluation.tiled; 'crop'
+    reads the run's crop (SIZE, the image's size here), which gives the whole-image frames."""
+    from utils.evaluation import tiled
+    run_dir, _ = trained
+    ckpt = run_dir / "models" / "0001.pth"
+    gen = torch.Generator().manual_seed(5)
+    image = (torch.rand(3, SIZE, SIZE, generator=gen) * 255).round().to(torch.uint8)
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "photo.png")
+    model, blur = load_backbone(ckpt), image.float()[None] / 255
+    with torch.no_grad():
+        expected = {24: tiled(lambda net, b, g: net(b)["frames"], 24)(model, blur, blur)[0],
+                    "crop": model(blur)["frames"][0]}
+    for tile, frames in expected.items():
+        out = tmp_path / f"out_{tile}"
+        assert inference.main(["--pretrained_path", str(ckpt), "--blur_path", str(tmp_path / "photo.png"),
+                               "--output_path", str(out), "--device", "cpu", "--tile", str(tile)]) == 0
+        for k in range(7):
+            assert_png_matches(read_png(out / "photo" / f"frame_{k + 1}.png"), frames[k])
+    assert not torch.allclose(expected[24], expected["crop"], atol=1e-3)
+
+
 def test_missing_lpips_weights_are_skipped_or_required(trained, data, tmp_path, monkeypatch, capsys):
     """Offline without the AlexNet file: the evaluation completes, one warning line, LPIPS null in JSON and
     'skipped' in the tables; --lpips require makes it one error line."""

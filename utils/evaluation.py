@@ -3,10 +3,15 @@ loaders that keep full-size images (a split may mix sizes), HyperCUT scores, and
 Predictions and metrics stay on the model's device, batch by batch."""
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import torch
 from torch.utils.data import DataLoader, default_collate
 
+from utils.checkpoint import load_checkpoint
 from utils.device import out_of_memory_hint
+from utils.errors import FlagError
 from utils.distributed import DistInfo, gather_rows, unwrap
 from utils.metrics import SequenceMetrics, hit_con
 from utils.training import progress
@@ -105,6 +110,38 @@ def tiled(predict, tile: int):
                 weight[y:y + tile, x:x + tile] += 1
         return out / weight
     return run
+
+
+def tile_flag(text: str):
+    """--tile: a positive number of pixels, or 'crop'."""
+    if text == "crop":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"give a positive number of pixels or 'crop' (got {text!r})")
+    return value
+
+
+def add_tile_arg(parser) -> None:
+    parser.add_argument("--tile", default=None, type=tile_flag,
+                        help="predict in N x N windows (overlaps averaged) and put them back together; 'crop': the "
+                             "run's training crop size, read from the checkpoint. Default: whole images (the "
+                             "paper's protocol)")
+
+
+def resolve_tile(tile, pretrained_path) -> int | None:
+    """--tile as a number of pixels; 'crop' reads the training crop size recorded in the checkpoint."""
+    if tile != "crop":
+        return tile
+    path = Path(pretrained_path)
+    crop = None if path.is_dir() else (load_checkpoint(path).get("args") or {}).get("crop_size")
+    if not isinstance(crop, int) or crop < 1:
+        raise FlagError(f"--tile crop: {path} records no training crop size (official weights or another "
+                        "program's file); give --tile a number of pixels")
+    return crop
 
 
 @torch.no_grad()
