@@ -372,17 +372,29 @@ def test_ctrl_c_during_the_final_moves_is_held_until_the_dataset_is_complete(tmp
     assert len(load_split(out, "train")[1]) == 2
 
 
+def _sigint_default():
+    """Popen preexec_fn: SIGINT handled as from a terminal. A shell that starts a command in the background
+    without job control (`cmd &` in a script, nohup) leaves SIGINT ignored, an ignored signal stays ignored
+    across exec, and Python then installs no KeyboardInterrupt handler: the child would never see the
+    tests' Ctrl-C (it did not, when the suite was started that way)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_to_prepare_dataset_mid_run(tmp_path):
     """A real Ctrl-C (SIGINT) to the command-line process while it renders: exit 130, one line, nothing left."""
     out = tmp_path / "ds"
     proc = subprocess.Popen([sys.executable, "prepare_dataset.py", "synthetic", "--out", str(out), "--size", "32",
                              "--num_train", "400"], cwd=REPO, env=SUBPROCESS_ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
     deadline = time.time() + 240
     while not (out / ".incomplete" / "000002").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # never leave a renderer running after a failed test
+            proc.kill()
     assert proc.returncode == 130, err
     assert err.strip().startswith("error: interrupted") and err.strip().count("\n") == 0, err
     assert list(out.iterdir()) == []
@@ -396,13 +408,18 @@ def test_ctrl_c_to_a_training_with_loader_workers(data, tmp_path):
                              "--checkpoints_dir", str(tmp_path / "ck"), "--device", "cpu", "--width_mult", "0.125",
                              "--crop_size", "32", "--batch_size", "1", "--epochs", "1000", "--val_epoch", "1000",
                              "--num_workers", "2", "--display_step", "0"], cwd=REPO, env=SUBPROCESS_ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_sigint_default)
     deadline = time.time() + 240
     while proc.poll() is None and time.time() < deadline and \
             not (run / "log.txt").exists() or "epoch 2/" not in (run / "log.txt").read_text():
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # never leave a training (and its workers) running after a failed test
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err
     assert err.strip().startswith("error: interrupted") and err.strip().count("\n") == 0, err
     time.sleep(1)
