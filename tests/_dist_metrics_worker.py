@@ -27,8 +27,11 @@ def main():
     if dist.get_rank() == 0:
         acc.update(*sequences())
     acc.all_reduce(num_frames=3)
-    print(json.dumps({"rank": dist.get_rank(), "n": acc.num_sequences, "pPSNR": acc.per_frame("pPSNR"),
-                      "SSIM": acc.per_frame("SSIM")}), flush=True)
+    line = json.dumps({"rank": dist.get_rank(), "n": acc.num_sequences, "pPSNR": acc.per_frame("pPSNR"),
+                       "SSIM": acc.per_frame("SSIM")}) + "\n"
+    # one write(2) of the whole line (under PIPE_BUF, so atomic on the shared pipe): print() may write the
+    # text and its newline separately, and the other rank's line then landed between them
+    os.write(sys.stdout.fileno(), line.encode())
     dist.destroy_process_group()
 
 
