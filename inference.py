@@ -84,11 +84,12 @@ def check_readable(images) -> None:
 @torch.inference_mode()
 def deblur(model, image: torch.Tensor, device, tile: int | None = None) -> torch.Tensor:
     """One blurry image, RGB float [0, 1] (3, H, W) of any size -> its frames (T, 3, H, W), float on the CPU
-    (not clamped); with tile, predicted in tile x tile windows (utils.evaluation.tiled)."""
+    (not clamped); with tile, predicted in tile x tile windows (utils.evaluation.tiled), put together on
+    the CPU: an image too large for the device holds one window's frames there at a time."""
     def predict(net, blur, _):
         return net(blur)["frames"].float()
     image = image.unsqueeze(0).to(device)
-    return (tiled(predict, tile) if tile else predict)(model, image, image)[0].cpu()
+    return (tiled(predict, tile, out_device="cpu") if tile else predict)(model, image, image)[0].cpu()
 
 
 def run_inference(model, images, output_path, device, log=print, gif: bool = False,

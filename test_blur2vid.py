@@ -133,7 +133,7 @@ def run_test(args) -> dict:
     loader = make_eval_loader(dataset, args.batch_size, args.num_workers, device)
     predict = lambda net, blur, gt: predict_frames(net, blur, gt, args.middle_frame)  # noqa: E731
     ordering = evaluate(model, loader, device, metrics, hypercut=hypercut, on_batch=on_batch, desc=args.split,
-                        predict=tiled(predict, tile) if tile else predict)
+                        predict=tiled(predict, tile) if tile else predict, tile=tile, tileable=True)
 
     result = {}
     for name in METRICS:

@@ -1,4 +1,4 @@
-"""Train a deblurring backbone (image -> 7 frames) with --loss_type naive, order_inv or hypercut (SPEC 7).
+"""Train a deblurring backbone (image -> 7 frames) with --loss_type naive, order_inv, hypercut (SPEC 7) or pit (ours).
 
   python train_blur2vid.py --dataset_name syn --metadata_root data/synthetic --backbone Jin --loss_type order_inv
   python train_blur2vid.py --dataset_name syn --metadata_root data/synthetic --backbone Jin --loss_type hypercut \\
@@ -139,7 +139,9 @@ def load_frozen_hypercut(args, device, train_set, val_set):
         val_need["HyperCUT's f"] = hypercut.f_func.min_size
         if args.loss_type == "hypercut":
             crop_need["HyperCUT's f"] = hypercut.f_func.min_size
-    check_image_sizes(train_set, args.crop_size, val_set, crop_need=crop_need, eval_need=val_need)
+    # recorded in every checkpoint: the size the network really trained on, for test_blur2vid.py --tile crop
+    args.trained_crop = check_image_sizes(train_set, args.crop_size, val_set, crop_need=crop_need,
+                                          eval_need=val_need)
     return hypercut
 
 

@@ -140,7 +140,7 @@ def file_check(args):
 
 
 def check_image_sizes(train_set: Blur2VidDataset | None, crop_size: int | None, eval_set: Blur2VidDataset,
-                      crop_need: dict | None = None, eval_need: dict | None = None) -> None:
+                      crop_need: dict | None = None, eval_need: dict | None = None) -> int | None:
     """Before any work, one FlagError naming the image that does not fit:
     - --crop_size must fit the smallest training image (a crop is clamped to its image, so with mixed sizes
       the run would end mid-epoch in a batch of unequal tensors), and be at least what trains on the crops
@@ -148,7 +148,8 @@ def check_image_sizes(train_set: Blur2VidDataset | None, crop_size: int | None, 
       resized to BOX_SIZE_TRAIN, and larger crops take all of it (the reference's protocol);
     - every image of eval_set (val during training, the split of a test script) must be at least what
       evaluating it needs (eval_need: {what: pixels}, e.g. SSIM's window or HyperCUT's f), so a run never
-      trains an epoch and then fails at validation."""
+      trains an epoch and then fails at validation.
+    Returns the crop size the run will really train on (--crop_size, or less for boxed data)."""
     if train_set is not None and crop_size is not None:
         index, (h, w) = train_set.smallest()
         if all(e.bbox is not None for e in train_set.entries):
@@ -169,3 +170,4 @@ def check_image_sizes(train_set: Blur2VidDataset | None, crop_size: int | None, 
         if min(h, w) < need:
             raise FlagError(f"the images of the {where} must be at least {need}x{need} pixels for {what}, but "
                             f"{eval_set.describe(index)}; leave it out of the {where} or use larger images")
+    return crop_size

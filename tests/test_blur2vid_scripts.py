@@ -517,6 +517,7 @@ def test_test_script_tile_flag(trained, data, official_dir, capsys):
     # 'crop' reads the run's training crop (SIZE, the images' size): the same figures as whole images
     crop = test_blur2vid.run_test(test_blur2vid.build_parser().parse_args(base + ["--tile", "crop"]))
     assert crop["tile"] == SIZE and crop["pPSNR"] == pytest.approx(whole["pPSNR"], rel=1e-6)
+    assert torch.load(run_dir / "models" / "0001.pth", weights_only=True)["args"]["trained_crop"] == SIZE
     small = test_blur2vid.run_test(test_blur2vid.build_parser().parse_args(base + ["--tile", "24"]))
     assert small["tile"] == 24 and small["pPSNR"] != pytest.approx(whole["pPSNR"], rel=1e-6)
     assert "predicted in 24x24 tiles" in test_blur2vid.report(small)
@@ -525,6 +526,19 @@ def test_test_script_tile_flag(trained, data, official_dir, capsys):
     assert "--tile crop" in err and "records no training crop size" in err
     err = one_line_error(capsys, test_blur2vid.main, base + ["--tile", "-3"])
     assert "--tile" in err and "positive number of pixels" in err
+
+
+def test_tile_crop_reads_the_crop_really_trained_on(trained, tmp_path):
+    """A run on boxed data (B-AIST++) asked for --crop_size 256 trains on 192x192 items; its checkpoint records
+    trained_crop 192, which --tile crop uses; a checkpoint from before trained_crop existed gives --crop_size."""
+    from utils.evaluation import resolve_tile
+    run_dir, _ = trained
+    ckpt = torch.load(run_dir / "models" / "0001.pth", weights_only=True)
+    for args, expected in (({"crop_size": 256, "trained_crop": 192}, 192), ({"crop_size": 256}, 256)):
+        path = tmp_path / f"{expected}.pth"
+        torch.save(dict(ckpt, args=args), path)
+        assert resolve_tile("crop", path) == expected
+    assert resolve_tile(24, path) == 24 and resolve_tile(None, path) is None
 
 
 def test_inference_tile_flag(trained, tmp_path):

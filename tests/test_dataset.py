@@ -353,6 +353,20 @@ def test_bbox_crop_sizes(tmp_path, partition, expected, kind):
         assert torch.equal(frame, item["blur"])
 
 
+def test_crop_size_really_trained_on(tmp_path):
+    """check_image_sizes returns the crop a run trains on: --crop_size, capped at BOX_SIZE_TRAIN for boxed data
+    (recorded as trained_crop, which test_blur2vid.py --tile crop reads)."""
+    from datasets.blur2vid import check_image_sizes
+    _box_dataset(tmp_path / "boxed", [20, 30, 70, 90], "train")
+    write_dataset(tmp_path / "plain", [[np.zeros((120, 100, 3), np.uint8)] * 8], partition="train")
+    boxed = Blur2VidDataset(tmp_path / "boxed", "train", augment=AugmentConfig(crop_size=256))
+    plain = Blur2VidDataset(tmp_path / "plain", "train", augment=AugmentConfig(crop_size=64))
+    assert check_image_sizes(boxed, 256, boxed) == 192 and check_image_sizes(boxed, 128, boxed) == 128
+    assert check_image_sizes(plain, 64, plain) == 64 and check_image_sizes(None, None, plain) is None
+    with pytest.raises(FlagError, match="--crop_size 101 is larger"):
+        check_image_sizes(plain, 101, plain)
+
+
 def test_crop_to_box_without_margin_is_the_box():
     stack = torch.rand(2, 3, 50, 60)
     out = crop_to_box(stack, [10, 5, 40, 45], (40, 30), 0.0)

@@ -456,7 +456,9 @@ def test_out_of_memory_in_evaluation_is_one_line(data, narrow_ckpt, capsys, monk
     err = one_line_error(capsys, test_blur2vid.main, eval_argv(data, narrow_ckpt, "--batch_size", "2"))
     assert "out of memory" in err and "2 image(s) of 40x40" in err and "--batch_size" in err
     err = one_line_error(capsys, test_blur2vid.main, eval_argv(data, narrow_ckpt, "--batch_size", "1"))
-    assert "one image at a time" in err and "smaller images" in err
+    assert "one image at a time" in err and "smaller images" in err and "--tile N" in err
+    err = one_line_error(capsys, test_blur2vid.main, eval_argv(data, narrow_ckpt, "--batch_size", "1", "--tile", "16"))
+    assert "in 16x16 windows" in err and "use a smaller --tile" in err
 
 
 def test_other_runtime_errors_are_not_called_out_of_memory(data, narrow_ckpt, monkeypatch):

@@ -38,13 +38,17 @@ def make_eval_loader(dataset, batch_size: int, num_workers: int, device: torch.d
                       collate_fn=collate_by_size, pin_memory=device is not None and device.type == "cuda")
 
 
-def memory_advice(doing: str, images: torch.Tensor, device) -> str:
-    """What to say when a batch of `images` (B, ..., H, W) does not fit in memory: its size and what to lower."""
+def memory_advice(doing: str, images: torch.Tensor, device, tile: int | None = None, tileable: bool = False) -> str:
+    """What to say when a batch of `images` (B, ..., H, W) does not fit in memory: its size and what to lower
+    (tile: the images are predicted in tile x tile windows; tileable: the program has --tile)."""
     n, (h, w) = images.shape[0], images.shape[-2:]
-    where = f"{doing} a batch of {n} image(s) of {h}x{w} (H x W) on {device}"
+    where = f"{doing} a batch of {n} image(s) of {h}x{w} (H x W)" + (f" in {tile}x{tile} windows" if tile else "") \
+        + f" on {device}"
     if n > 1:
         return f"{where}: lower --batch_size"
-    return f"{where}, one image at a time already: use smaller images" + (" or --device cpu" if device.type != "cpu" else "")
+    smaller = "use a smaller --tile" if tile else \
+        ("use --tile N (predict in N x N windows) or smaller images" if tileable else "use smaller images")
+    return f"{where}, one image at a time already: {smaller}" + (" or --device cpu" if device.type != "cpu" else "")
 
 
 @torch.no_grad()
@@ -91,9 +95,10 @@ def tile_starts(size: int, tile: int) -> list[int]:
     return starts + [size - tile]
 
 
-def tiled(predict, tile: int):
+def tiled(predict, tile: int, out_device=None):
     """predict(net, blur, gt) run on tile x tile windows of the images instead of whole images, the
-    windows' frames put back in place (overlaps averaged). A network trained on crops of that size then
+    windows' frames put back in place (overlaps averaged; on out_device, default the frames' own, e.g.
+    "cpu" so that only one window's frames at a time occupy an accelerator). A network trained on crops of that size then
     sees inputs of the size it learnt on; a network whose layers look wider than its crop (Jin's dilated
     convolutions, instance norm over the whole input) can behave differently on whole images."""
     def run(net, blur, gt):
@@ -103,12 +108,14 @@ def tiled(predict, tile: int):
             for x in tile_starts(w, tile):
                 win = (..., slice(y, y + tile), slice(x, x + tile))
                 frames = predict(net, blur[win], gt[win])
+                if out_device is not None:
+                    frames = frames.to(out_device)
                 if out is None:
                     out = frames.new_zeros(frames.shape[:-2] + (h, w))
                     weight = frames.new_zeros((h, w))
                 out[win] += frames
                 weight[y:y + tile, x:x + tile] += 1
-        return out / weight
+        return out.div_(weight)  # in place: the full result is held once
     return run
 
 
@@ -137,7 +144,9 @@ def resolve_tile(tile, pretrained_path) -> int | None:
     if tile != "crop":
         return tile
     path = Path(pretrained_path)
-    crop = None if path.is_dir() else (load_checkpoint(path).get("args") or {}).get("crop_size")
+    args = {} if path.is_dir() else (load_checkpoint(path).get("args") or {})
+    # trained_crop: the size really trained on (boxed data caps --crop_size); older checkpoints: --crop_size
+    crop = args.get("trained_crop") or args.get("crop_size")
     if not isinstance(crop, int) or crop < 1:
         raise FlagError(f"--tile crop: {path} records no training crop size (official weights or another "
                         "program's file); give --tile a number of pixels")
@@ -146,13 +155,16 @@ def resolve_tile(tile, pretrained_path) -> int | None:
 
 @torch.no_grad()
 def evaluate(model, loader, device: torch.device, metrics: SequenceMetrics, hypercut=None,
-             on_batch=None, desc: str = "eval", dist_info: DistInfo | None = None, predict=None) -> dict | None:
+             on_batch=None, desc: str = "eval", dist_info: DistInfo | None = None, predict=None,
+             tile: int | None = None, tileable: bool = False) -> dict | None:
     """Predict every sequence of `loader` (batches from collate_by_size) and add them to `metrics`.
 
     predict(net, blur, gt) -> frames (B, T, 3, H, W); default predict_frames (the backbone's own centre).
     hypercut: a HyperCUT model; its hyperplane scores of the predicted sequences (clamped to [0, 1], as
     saved images would be) give hit/con, returned as utils.metrics.hit_con's dict (None without one).
     on_batch(batch, pred) is called for every batch (saving images, visualisations).
+    tile (the window size `predict` works in, see tiled) and tileable (the program has --tile): only for
+    the out-of-memory advice.
     Under torch.distributed the figures are summed over ranks (every rank must call this).
     The global RNG is left as it was, so validating does not change a training run.
     """
@@ -165,7 +177,8 @@ def evaluate(model, loader, device: torch.device, metrics: SequenceMetrics, hype
         with torch.random.fork_rng(devices=[]):
             for groups in progress(loader, dist_info, desc=desc, leave=False):
                 for batch in groups:
-                    with out_of_memory_hint(lambda: memory_advice("evaluating", batch["blur"], device)):
+                    with out_of_memory_hint(lambda: memory_advice("evaluating", batch["blur"], device, tile,
+                                                                    tileable)):
                         blur = batch["blur"].to(device, non_blocking=True)
                         gt = batch["frames"].to(device, non_blocking=True)
                         pred = predict(net, blur, gt)
