@@ -4,6 +4,8 @@
 # a naive run on the random order as this call's own reference, all sharing one GPU with the recipe of
 # section 8 (full-width Jin, bf16, batch 16 of 64x64 crops) and at most the first calls' 71 epochs.
 # Results: one archive, $OUT/results.tgz (matrix.md/json, the wide report and figures, every log).
+# Measured on an H100 on 2026-11-27 (this default, and WIDE_MINUTES=2.3 WIDE_ROWS="naive hcloss_paper_a0.02
+# hcloss_ext_a0.2"): docs/ordering.md section 8, "The remaining rows"; returned files in docs/results/wide_h100_*.
 #
 # Before the call (on the CPU), put the two HyperCUTs where order_matrix looks for them, so the GPU
 # time goes to the deblurring runs (both are git-ignored; carry them):

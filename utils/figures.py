@@ -77,7 +77,8 @@ def per_frame_plot(series: dict, path, ylabel: str = "pPSNR (dB)", title: str | 
     ax.set_xlabel("frame")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower center", ncol=2)
+    # below the axes: with many runs, a legend inside covers the outer frames, the ones that matter most
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     if title:
         ax.set_title(title, fontsize=9)
     return _save_figure(fig, path)
