@@ -23,7 +23,12 @@ LPIPS (AlexNet, v0.1) needs torchvision's alexnet-owt-7be5be79.pth, read from $T
 or downloaded there when the machine is online. Without it the evaluation still finishes: one warning
 line names the file, and LPIPS is reported as skipped (null in JSON); --lpips require makes that an
 error, --no_lpips skips LPIPS on purpose.
-With --hypercut_path, hit/con of the predicted sequences are reported too.
+With --hypercut_path, hit/con of the predicted sequences are reported too, and which order the predictions
+follow (utils/order_eval.py): follows_hypercut (the predicted frames 1 and N are closer to the ground truth
+in HyperCUT's canonical order than to its reverse), follows_oracle (... to the ground truth put in the
+order of its own camera motion, rightwards first), pred_positive (h(p1, pN) > 0, what the hypercut loss's
+R term asks for) and hc_honest (HyperCUT judges the prediction as it judges the ground truth in the same
+direction). R is gamed when pred_positive is high and follows_hypercut is not.
 
 Prints the tables; --output_json writes every figure (lists per frame and `<name>_mean`), with a CSV of
 the per-frame figures beside it (same name, .csv); --save_images DIR writes each prediction as
@@ -34,6 +39,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+import torch
 
 from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
 from datasets.metadata import PARTITIONS, dataset_name
@@ -47,12 +54,14 @@ from utils.errors import FlagError
 from utils.evaluation import add_tile_arg, evaluate, make_eval_loader, predict_frames, resolve_tile, tiled
 from utils.images import OutputFolders, entry_folder, save_frames
 from utils.metrics import LPIPSMetric, LPIPSWeightsMissing, SequenceMetrics, min_image_size
+from utils.order_eval import sequence_signs, summarise
 from utils.report import markdown_table, write_csv, write_json
 from utils.run import blur2vid_run_name, resolve_pretrained
 
 METRICS = ("pPSNR", "pSSIM", "pLPIPS", "PSNR", "SSIM", "LPIPS")
 MIDDLE_FRAME = {"predicted": "predicted", "gt": "ground truth (oracle centre)"}
 ORDERING = ("hit", "hit_x2_x6", "hit_x3_x5", "con@2", "con@3")
+ORDER_FIGURES = ("follows_hypercut", "follows_oracle", "pred_positive", "hc_honest")
 
 
 def build_parser() -> ArgumentParser:
@@ -121,11 +130,14 @@ def run_test(args) -> dict:
         need["HyperCUT's f"] = hypercut.f_func.min_size
     check_image_sizes(None, None, dataset, eval_need=need)  # every image, before any work
 
-    on_batch = None
-    if args.save_images:
-        folders = OutputFolders(args.save_images)
+    folders = OutputFolders(args.save_images) if args.save_images else None
+    signs: dict = {}  # utils.order_eval.sequence_signs of every batch, with the HyperCUT
 
-        def on_batch(batch, pred):
+    def on_batch(batch, pred):
+        if hypercut is not None:
+            for k, v in sequence_signs(pred, batch["frames"].to(pred.device), hypercut).items():
+                signs.setdefault(k, []).append(v)
+        if folders is not None:
             for entry_id, index, frames in zip(batch["id"], batch["index"].tolist(), pred):
                 save_frames(frames, folders.folder(entry_folder(entry_id, index), f"entry {entry_id}"))
 
@@ -145,6 +157,7 @@ def run_test(args) -> dict:
                   **backbone_checkpoint_fields(model))
     if ordering is not None:
         result.update({k: ordering[k] for k in ORDERING}, hypercut_path=str(args.hypercut_path))
+        result["order_of_predictions"] = summarise({k: torch.cat(v) for k, v in signs.items()})
     return result
 
 
@@ -169,6 +182,11 @@ def report(result: dict) -> str:
     if "hit" in result:
         lines += ["", f"HyperCUT ordering of the predictions ({result['hypercut_path']}):", "",
                   markdown_table(ORDERING, [[result[k] for k in ORDERING]])]
+    if result.get("order_of_predictions"):
+        o = result["order_of_predictions"]
+        lines += ["", "Which order the predictions follow (fractions of sequences; R is gamed when pred_positive "
+                      "is high and follows_hypercut is not):", "",
+                  markdown_table(ORDER_FIGURES, [[o[k] for k in ORDER_FIGURES]])]
     return "\n".join(lines)
 
 

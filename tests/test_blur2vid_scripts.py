@@ -25,6 +25,7 @@ from PIL import Image
 import inference
 import test_blur2vid
 import train_blur2vid
+from datasets.blur2vid import Blur2VidDataset
 from datasets.transforms import read_image, to_uint8
 from datasets.writer import DatasetWriter
 from models import backbone_checkpoint_fields, backbone_names, build_backbone, load_backbone
@@ -455,6 +456,23 @@ def test_test_script_hit_con(trained, data, hypercut_ckpt, capsys):
     for k in ("hit", "hit_x2_x6", "hit_x3_x5", "con@2", "con@3"):
         assert result[k] == expected[k], k
     assert "HyperCUT ordering" in test_blur2vid.report(result)
+    # which order the predictions follow, recomputed here from the same predictions and ground truth
+    val = Blur2VidDataset(data, "val", augment=None)  # the frames in the order the metadata asks for
+    gt = torch.stack([val[i]["frames"] for i in range(len(val))])
+    with torch.no_grad():
+        pred = model(blur)["frames"]
+    d_fwd = (pred[:, [0, -1]] - gt[:, [0, -1]]).pow(2).add(1e-6).sqrt().flatten(1).mean(1)
+    d_rev = (pred[:, [0, -1]] - gt.flip(1)[:, [0, -1]]).pow(2).add(1e-6).sqrt().flatten(1).mean(1)
+    direction = torch.where(d_fwd <= d_rev, 1.0, -1.0)
+    hc_gt = torch.where(hypercut.pair_scores(gt)[1][:, 0] >= 0, 1.0, -1.0)
+    hc_pred = torch.where(hypercut.pair_scores(pred.clamp(0, 1))[1][:, 0] >= 0, 1.0, -1.0)
+    order = result["order_of_predictions"]
+    assert order["num_sequences"] == 2
+    assert order["follows_hypercut"] == float((direction == hc_gt).float().mean())
+    assert order["pred_positive"] == float((hc_pred > 0).float().mean())
+    assert order["hc_honest"] == float((hc_pred == direction * hc_gt).float().mean())
+    assert 0.0 <= order["follows_oracle"] <= 1.0
+    assert "follows_hypercut" in test_blur2vid.report(result)
 
 
 def test_test_script_cli(trained, data, tmp_path):
