@@ -8,7 +8,10 @@
 
 --result LABEL=JSON (test_blur2vid.py --output_json files) gives one line of the per-frame plot;
 --model LABEL=CHECKPOINT one row of each contact sheet and one column of each GIF (after the ground
-truth); --probe a probe_order.py --output_json file.
+truth); --probe a probe_order.py --output_json file. --hypercut LABEL=CHECKPOINT (with --model): which
+order each model's predictions follow on the whole test split, judged with each HyperCUT
+(utils/order_eval.py: follows_oracle, follows_hypercut, pred_positive, hc_honest), printed and written
+to OUT/order_of_predictions.json.
 """
 from __future__ import annotations
 
@@ -41,6 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--probe", default=None, help="a probe_order.py --output_json file")
     p.add_argument("--result", action="append", default=[], help="LABEL=test_blur2vid JSON (per-frame plot)")
     p.add_argument("--model", action="append", default=[], help="LABEL=checkpoint (contact sheets, GIFs)")
+    p.add_argument("--hypercut", action="append", default=[],
+                   help="LABEL=HyperCUT checkpoint: which order each --model's predictions follow")
     p.add_argument("--metadata_root", default=None, help="dataset for the contact sheets (test split)")
     p.add_argument("--sequences", type=int, nargs="+", default=[0], help="test-split indices to show")
     p.add_argument("--title", default=None, help="title of the per-frame plot")
@@ -49,8 +54,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         results, models = labelled(args.result, "--result"), labelled(args.model, "--model")
+        hypercuts = labelled(args.hypercut, "--hypercut")
         if models and not args.metadata_root:
             raise FlagError("--model needs --metadata_root")
+        if hypercuts and not models:
+            raise FlagError("--hypercut judges the predictions of --model LABEL=CHECKPOINT: give at least one")
         if args.probe and not Path(args.probe).exists():
             raise FlagError(f"--probe {args.probe} does not exist")
     except FlagError as e:
@@ -77,7 +85,32 @@ def main(argv=None) -> int:
             for path in method_figures(loaded, dataset, args.sequences, out, torch.device(args.device),
                                        scale=args.scale):
                 print(f"wrote {path}")
+        if hypercuts:
+            print(f"wrote {order_table(loaded, hypercuts, dataset, out, torch.device(args.device))}")
     return 0
+
+
+def order_table(models: dict, hypercut_paths: dict, dataset, out: Path, device) -> Path:
+    """utils.order_eval.order_figures of each model with each HyperCUT on `dataset`: printed as one table
+    and written to out/order_of_predictions.json ({model: {hypercut: figures}})."""
+    import torch
+    from models.hypercut import load_hypercut
+    from utils.evaluation import make_eval_loader
+    from utils.order_eval import order_figures
+    from utils.report import markdown_table, write_json
+    hcs = {label: load_hypercut(path, map_location=device) for label, path in hypercut_paths.items()}
+    loader = make_eval_loader(dataset, 20, 0)
+    figures = {}
+    with torch.no_grad():
+        for label, model in models.items():
+            figures[label] = order_figures(model.to(device), loader, device, hcs)
+    names = ("follows_hypercut", "pred_positive", "hc_honest")
+    first = next(iter(hcs))
+    rows = [[label, figures[label][first]["follows_oracle"]] + [figures[label][h][n] for h in hcs for n in names]
+            for label in models]
+    print(markdown_table(["model", "follows_oracle"] + [f"{n} ({h})" for h in hcs for n in names], rows, 2))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return write_json(Path(out) / "order_of_predictions.json", {"num_sequences": len(dataset), "figures": figures})
 
 
 if __name__ == "__main__":
