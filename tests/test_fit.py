@@ -125,21 +125,32 @@ def test_ctrl_c_during_training_keeps_the_last_epoch(data, tmp_path, monkeypatch
     assert (run / "models" / "0002.pth").exists()
 
 
-def test_time_limit_ends_the_run_at_an_epoch_end_and_resume_continues(data, tmp_path, monkeypatch):
-    """--time_limit: the first epoch end past the limit is the run's last (model saved and validated, state
-    saved); --resume continues from it. --state_every N: states only every N epochs and at the last."""
-    history = train(argv(data, tmp_path, "tl", "--epochs", "5", "--val_epoch", "10", "--time_limit", "1e-9"))
+def test_time_limit_ends_the_run_within_a_step_and_resume_continues(data, tmp_path, monkeypatch):
+    """--time_limit: the run stops at the first step past the limit, even mid-epoch (model saved and
+    validated; no state for the partial epoch, so --resume continues from the last complete one); the log
+    has the loss every --display_step steps. --state_every N: states only every N epochs and at the last."""
+    history = train(argv(data, tmp_path, "tl", "--epochs", "5", "--val_epoch", "10", "--time_limit", "1e-9",
+                         "--display_step", "1"))
     run = tmp_path / "tl"
-    assert list(history["val"]) == [1] and len(history["losses"]) == 2
+    assert list(history["val"]) == [1] and len(history["losses"]) == 1  # 2 steps per epoch: stopped after one
     assert sorted(p.name for p in (run / "models").glob("*.pth")) == ["0001.pth"]
     log = (run / "log.txt").read_text()
-    assert "--time_limit 1e-09 min reached after epoch 1" in log
-    assert torch.load(run / "training_states" / "latest.pth", weights_only=True)["epoch"] == 1
+    assert "--time_limit 1e-09 min reached in epoch 1 at step 1" in log
+    assert "stopped in epoch 1 after 1 steps (--time_limit); no training state saved" in log
+    assert not (run / "training_states" / "latest.pth").exists()
+    line = next(x for x in log.splitlines() if "step 1 (epoch 1) | " in x)
+    assert f"total {history['losses'][0]:.5f}" in line and "(mean of the last 1 steps)" in line
 
+    history = train(argv(data, tmp_path, "tl2", "--epochs", "1", "--val_epoch", "10", "--display_step", "2"))
+    run = tmp_path / "tl2"
+    log = (run / "log.txt").read_text()
+    line = next(x for x in log.splitlines() if "step 2 (epoch 1) | " in x)
+    assert f"total {sum(history['losses']) / 2:.5f}" in line and "(mean of the last 2 steps)" in line
+    assert "step 1 (epoch 1) | " not in log
     from utils.run import Run
     saved, save_state = [], Run.save_state
     monkeypatch.setattr(Run, "save_state", lambda self, epoch, *a, **k: (saved.append(epoch), save_state(self, epoch, *a, **k)))
-    history = train(argv(data, tmp_path, "tl", "--epochs", "4", "--val_epoch", "10", "--resume", "--state_every", "2"))
+    history = train(argv(data, tmp_path, "tl2", "--epochs", "4", "--val_epoch", "10", "--resume", "--state_every", "2"))
     assert list(history["val"]) == [4] and len(history["losses"]) == 6  # epochs 2, 3, 4
     assert saved == [2, 4]
     assert "stopped in epoch" not in (run / "log.txt").read_text()  # a skipped state is not a stopped epoch

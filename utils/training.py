@@ -232,6 +232,8 @@ def fit(args, *, model, train_set, val_set, step_fn, validate_fn, fields: dict, 
 
     history = {"losses": [], "terms": [], "val": {}}
     timer, skipped, epoch = Timer(), 0, start_epoch - 1
+    time_limit = None if getattr(args, "time_limit", None) is None else 60.0 * args.time_limit  # seconds
+    out_of_time = False
     per_step_check = device.type != "cuda" or args.skip_nonfinite > 0  # a host sync: free on the CPU
     for epoch in range(start_epoch, args.epochs + 1):
         set_epoch(loader, epoch)
@@ -268,10 +270,18 @@ def fit(args, *, model, train_set, val_set, step_fn, validate_fn, fields: dict, 
             steps.append(values)
             if step % args.train_step == 0:
                 _log_interval(run, names, steps[-args.train_step:], step, optimizer)
-            if on_display is not None and args.display_step and step % args.display_step == 0 and dist_info.is_main:
-                on_display(step)
+            if args.display_step and step % args.display_step == 0:
+                recent = torch.stack(steps[-args.display_step:]).double().mean(0).tolist()  # one host sync
+                run.log(f"step {step} (epoch {epoch}) | " + " | ".join(f"{k} {v:.5f}" for k, v in zip(names, recent))
+                        + f" (mean of the last {min(len(steps), args.display_step)} steps) | "
+                          f"{timer.elapsed():.1f} s")
+                if on_display is not None and dist_info.is_main:
+                    on_display(step)
             if args.max_steps is not None and step >= args.max_steps:
                 stopped = True
+                break
+            if time_limit is not None and _any_rank(timer.elapsed() >= time_limit, dist_info):
+                stopped = out_of_time = True
                 break
         if steps:
             per_step = torch.stack(steps).double().cpu()  # the epoch's one host sync
@@ -294,11 +304,12 @@ def fit(args, *, model, train_set, val_set, step_fn, validate_fn, fields: dict, 
         complete = not stopped or len(steps) + skipped == len(loader)
         if complete:
             scheduler.step()  # once per epoch
-        out_of_time = (getattr(args, "time_limit", None) is not None and epoch < args.epochs
-                       and _any_rank(timer.elapsed() >= 60.0 * args.time_limit, dist_info))
+        if not out_of_time and time_limit is not None and epoch < args.epochs:
+            out_of_time = _any_rank(timer.elapsed() >= time_limit, dist_info)
         if out_of_time:
-            run.log(f"--time_limit {args.time_limit:g} min reached after epoch {epoch} ({timer.elapsed():.0f} s): "
-                    "this epoch is the run's last (--resume with a larger limit continues)")
+            run.log(f"--time_limit {args.time_limit:g} min reached in epoch {epoch} at step {step} "
+                    f"({timer.elapsed():.0f} s): this epoch is the run's last (--resume continues from the last "
+                    "complete epoch)")
         last = stopped or out_of_time or epoch == args.epochs
         if epoch % args.val_epoch == 0 or last:
             figures = validate_fn(net, epoch)
@@ -314,8 +325,9 @@ def fit(args, *, model, train_set, val_set, step_fn, validate_fn, fields: dict, 
                 run.save_state(epoch, training_payload(model, optimizer, scheduler, epoch, step, args, extra()),
                                numbered=epoch % args.val_epoch == 0 or last)
         else:  # a state from the middle of an epoch could not resume exactly: keep the last full epoch's
-            run.log(f"stopped in epoch {epoch} after --max_steps {args.max_steps} steps; "
-                    "no training state saved for this partial epoch")
+            why = "--time_limit" if out_of_time else f"--max_steps {args.max_steps}"
+            run.log(f"stopped in epoch {epoch} after {step} steps ({why}); no training state saved for this "
+                    "partial epoch")
         if stopped or out_of_time:
             break
     run.log(f"done: epoch {epoch}, step {step}, {timer.elapsed():.1f} s")
