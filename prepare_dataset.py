@@ -43,8 +43,18 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="mode", required=True)
 
-    syn = sub.add_parser("synthetic", help="render the embedded dataset from scikit-image's photographs")
+    syn = sub.add_parser("synthetic", help="render an embedded dataset: scikit-image's photographs or dead-leaves textures")
     syn.add_argument("--out", required=True, help="output dataset root")
+    syn.add_argument("--scene", default="photos", choices=("photos", "deadleaves"),
+                     help="photos: windows over scikit-image's bundled photographs (split by photograph); "
+                          "deadleaves: a new procedural texture for every sequence (default photos)")
+    syn.add_argument("--motion", default="trajectory", choices=("trajectory", "translation"),
+                     help="trajectory: a smooth path with a little rotation and zoom, and moving foreground "
+                          "patches (--foreground_p); translation: one global translation per sequence, uniform "
+                          "direction (default trajectory)")
+    syn.add_argument("--radii", type=float, nargs=2, default=[1.5, 0.5], metavar=("MIN", "MAX"),
+                     help="deadleaves: smallest disc radius in pixels and largest as a fraction of --size "
+                          "(default 1.5 0.5)")
     syn.add_argument("--size", type=int, default=128, help="image size (square), default 128")
     syn.add_argument("--num_train", type=int, default=360)
     syn.add_argument("--num_val", type=int, default=40)
@@ -89,7 +99,8 @@ def main_body(args) -> None:
     # the configuration is checked before anything is created at --out
     if args.mode == "synthetic":
         from datasets.synthetic import SyntheticConfig, generate
-        cfg = SyntheticConfig(size=args.size, subframes=args.subframes, seed=args.seed,
+        cfg = SyntheticConfig(size=args.size, subframes=args.subframes, seed=args.seed, scene=args.scene,
+                              motion=args.motion, radii=tuple(args.radii),
                               foreground_p=args.foreground_p, shift=tuple(args.travel),
                               counts={"train": args.num_train, "val": args.num_val, "test": args.num_test})
     else:

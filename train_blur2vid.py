@@ -72,6 +72,9 @@ def build_parser() -> ArgumentParser:
                    help="a HyperCUT checkpoint (ours or the authors' state dict): needed by --loss_type "
                         "hypercut; with another loss, adds hit/con of the predictions at validation")
     g.add_argument("--alpha", type=float, default=0.2, help="weight of the HyperCUT regulariser R")
+    g.add_argument("--noise_targets", action="store_true",
+                   help="add the augmentation's noise to the sharp targets too, as the reference does (default: "
+                        "the blurry input only; copying the input is then not rewarded)")
     g.add_argument("--p_mode", default="pair", choices=("pair", "sequence"),
                    help="pPSNR/pSSIM: the paper's per-pair formula or the reference's whole-sequence one")
     g.add_argument("--middle_frame", default="predicted", choices=("predicted", "gt"),
@@ -117,7 +120,7 @@ def build_datasets(args, num_frames: int):
     if args.no_augment:  # crop only
         augment = AugmentConfig(crop_size=args.crop_size, affine_p=0.0, jitter_p=0.0, noise_p=0.0)
     else:
-        augment = AugmentConfig(crop_size=args.crop_size)
+        augment = AugmentConfig(crop_size=args.crop_size, noise_targets=args.noise_targets)
     common = dict(target_frames=args.target_frames, data_root=args.data_root, seed=args.seed,
                   check_files=file_check(args))
     train_set = Blur2VidDataset(args.metadata_root, "train", augment=augment, limit=args.train_limit, **common)

@@ -103,7 +103,7 @@ def build_datasets(args):
     if args.no_augment:  # crop only
         augment = AugmentConfig(crop_size=args.crop_size, affine_p=0.0, jitter_p=0.0, noise_p=0.0)
     else:
-        augment = AugmentConfig(crop_size=args.crop_size)
+        augment = AugmentConfig(crop_size=args.crop_size, noise_targets=True)  # HyperCUT reads the frames
     common = dict(target_frames=args.target_frames, data_root=args.data_root, seed=args.seed,
                   check_files=file_check(args))
     train_set = Blur2VidDataset(args.metadata_root, "train", augment=augment, limit=args.train_limit, **common)

@@ -1,8 +1,9 @@
 """Image reading and the training augmentations (SPEC 9).
 
-Augmentations act on a stack (T+1, 3, H, W) holding the blurry image and every sharp frame, so the
-blurry image and the frames get identical parameters: the same affine, crop, jitter factors and the
-same noise field. Val/test use none of it.
+Augmentations act on a stack (T+1, 3, H, W) holding the blurry image first and every sharp frame, so
+the blurry image and the frames get identical parameters: the same affine, crop and jitter factors.
+Noise goes into the blurry image only (a deblurring network should not learn to reproduce it); with
+noise_targets the same noise field goes into every image, as the reference does. Val/test use none of it.
 
 Speed on large frames (REDS is 720x1280, crops are 256x256): a draw is made first (draw_augment), then
 only the part of the image it reads (source_window) is converted to float and transformed, and the
@@ -100,6 +101,7 @@ class AugmentConfig:
     contrast: float = 0.3
     noise_p: float = 0.4
     noise_var: tuple = (10.0, 50.0)  # variance on the 0..255 scale
+    noise_targets: bool = False  # True: the same noise field in the sharp frames too (the reference)
 
 
 def _pair(v):
@@ -125,7 +127,8 @@ class AugmentDraw:
     shear: tuple = (0.0, 0.0)
     brightness: float | None = None  # None: no colour jitter
     contrast: float | None = None
-    noise: torch.Tensor | None = None  # (3, height, width), added to every image
+    noise: torch.Tensor | None = None  # (3, height, width), added to the first image (the blur)
+    noise_targets: bool = False  # ... and to every other image of the stack
 
     @property
     def centre(self) -> tuple:
@@ -155,6 +158,7 @@ def draw_augment(size, cfg: AugmentConfig, generator: torch.Generator) -> Augmen
     if torch.rand((), generator=generator).item() < cfg.noise_p:
         sigma = math.sqrt(uniform(*cfg.noise_var)) / 255.0
         d.noise = torch.randn((3, ch, cw), generator=generator) * sigma
+        d.noise_targets = cfg.noise_targets
     return d
 
 
@@ -225,7 +229,12 @@ def apply_augment(window: torch.Tensor, d: AugmentDraw, origin=(0, 0)) -> torch.
         stack = TF.adjust_brightness(stack, d.brightness)
         stack = TF.adjust_contrast(stack, d.contrast)
     if d.noise is not None:
-        stack = (stack + d.noise).clamp_(0.0, 1.0)
+        if d.noise_targets:
+            stack = (stack + d.noise).clamp_(0.0, 1.0)
+        else:
+            if stack.untyped_storage().data_ptr() == window.untyped_storage().data_ptr():
+                stack = stack.clone()  # a view of the caller's window: never write into it
+            stack[0] = (stack[0] + d.noise).clamp_(0.0, 1.0)
     return stack
 
 

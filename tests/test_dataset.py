@@ -178,8 +178,9 @@ def same_images(tmp_path):
 
 
 def test_augmentation_keeps_stack_aligned(same_images):
-    """Identical inputs stay identical: one affine, crop, jitter and noise field for the whole stack."""
-    ds = Blur2VidDataset(same_images, "train", augment=AugmentConfig(crop_size=(24, 32), **ALL_ON))
+    """Identical inputs stay identical: one affine, crop, jitter (and, with noise_targets, noise field) for
+    the whole stack."""
+    ds = Blur2VidDataset(same_images, "train", augment=AugmentConfig(crop_size=(24, 32), noise_targets=True, **ALL_ON))
     for epoch in range(4):
         ds.set_epoch(epoch)
         for i in range(len(ds)):
@@ -315,7 +316,10 @@ def test_jitter_and_noise_statistics():
     noisy = augment_stack(x, AugmentConfig(crop_size=None, affine_p=0, jitter_p=0, noise_p=1.0, noise_var=(30, 30)),
                           torch.Generator().manual_seed(0))
     assert abs(float((noisy[0] * 255 - 127.5).var()) - 30) < 3
-    assert torch.equal(noisy[0], noisy[1])
+    assert torch.equal(noisy[1], x[1]) and torch.equal(x, torch.full((2, 3, 64, 64), 0.5))  # input only, x untouched
+    both = augment_stack(x, AugmentConfig(crop_size=None, affine_p=0, jitter_p=0, noise_p=1.0, noise_var=(30, 30),
+                                          noise_targets=True), torch.Generator().manual_seed(0))
+    assert torch.equal(both[0], noisy[0]) and torch.equal(both[0], both[1])  # the reference: the same field in all
     for seed in range(10):
         out = augment_stack(x, AugmentConfig(crop_size=None, affine_p=0, jitter_p=1.0, noise_p=0),
                             torch.Generator().manual_seed(seed))
@@ -471,6 +475,81 @@ def test_synthetic_splits_by_photograph():
         assert torch.equal(a["blur"], b["blur"]) and torch.equal(a["frames"], b["frames"])
 
 
+def _deadleaves(seed, exact=False, **kw):
+    cfg = synthetic.SyntheticConfig(**{"size": 40, "subframes": 5, "scene": "deadleaves", "motion": "translation",
+                                       "shift": (6.0, 10.0), **kw})
+    return synthetic.render_sequence(None, cfg, torch.Generator().manual_seed(seed), exact=exact), cfg
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_deadleaves_translation_fast_path_equals_grid_sample(seed):
+    """The translation fast path (four slices of phase-pooled canvases) equals sampling every sub-frame
+    with grid_sample at 4x4 points per pixel and box-filtering."""
+    fast, _ = _deadleaves(seed)
+    exact, _ = _deadleaves(seed, exact=True)
+    assert torch.allclose(fast["subframes"], exact["subframes"], atol=2e-5)
+    assert torch.equal(fast["motion"], exact["motion"])
+
+
+def test_deadleaves_sequence_is_a_known_translation():
+    """Each sharp frame is frame 1 moved by k/6 of the recorded motion (checked with integer-pixel motion:
+    x 6, y 0 over frames 1 -> 7 means 1 pixel per frame); the blur is the linear-light mean of the
+    sub-frames; the texture has antialiased edges and many colours; deterministic per seed."""
+    out, cfg = _deadleaves(3)
+    again, _ = _deadleaves(3)
+    other, _ = _deadleaves(4)
+    assert torch.equal(out["blur"], again["blur"]) and not torch.equal(out["blur"], other["blur"])
+    sub = out["subframes"]
+    assert sub.shape == (35, 3, 40, 40) and out["sharp"].shape == (7, 3, 40, 40)
+    assert torch.allclose(out["blur"], synthetic.linear_to_srgb(synthetic.srgb_to_linear(sub).mean(0)), atol=1e-6)
+    for k in range(7):
+        assert torch.equal(out["sharp"][k], sub[5 * k + 2])
+    length = float(out["motion"].norm())
+    assert 6 * 6 / 7 - 1e-4 <= length <= 10 * 6 / 7 + 1e-4  # frames 1 -> 7 span 6/7 of the exposure
+    from utils.motion import phase_correlation
+    measured, _ = phase_correlation(out["sharp"][:1], out["sharp"][-1:])
+    assert torch.allclose(measured[0], out["motion"], atol=0.35)
+    colours = out["sharp"][3].reshape(3, -1).t().unique(dim=0)
+    assert len(colours) > 40
+    # antialiased edges: many pixels are mixtures of two discs, not one of the few flat colours
+    flat = (out["sharp"][3][:, 1:, :] - out["sharp"][3][:, :-1, :]).abs().sum(0) > 0.02
+    assert 0.05 < float(flat.float().mean()) < 0.9
+
+
+def test_deadleaves_integer_motion_shifts_frames_exactly():
+    """With motion along x of exactly 1 pixel per frame, frame k+1 is frame k moved one pixel (interior)."""
+    cfg = synthetic.SyntheticConfig(size=40, subframes=5, scene="deadleaves", motion="translation", shift=(7.0, 7.0))
+    gen = torch.Generator().manual_seed(0)
+    canvas = synthetic.dead_leaves(60, gen, (1.5, 20.0))
+    # travel 7 over the exposure: 1 pixel between slot centres; centres at 30 + t * 7 along x
+    n = 35
+    times = (torch.arange(n, dtype=torch.float32) + 0.5) / n - 0.5
+    centres = torch.stack([30 + times * 7, torch.full((n,), 30.0)], 1)
+    frames = synthetic._translated_windows(canvas, synthetic.SUPERSAMPLE, 40, centres)
+    sharp = frames[torch.arange(7) * 5 + 2]
+    for k in range(6):  # the window moves right by one pixel: content moves left
+        assert torch.allclose(sharp[k + 1][:, :, :-1], sharp[k][:, :, 1:], atol=1e-5)
+    assert cfg.scene == "deadleaves"
+
+
+def test_deadleaves_generate_has_no_photographs_and_records_its_world():
+    cfg = synthetic.SyntheticConfig(size=32, subframes=5, scene="deadleaves", motion="translation",
+                                    counts={"train": 3, "val": 1, "test": 2})
+    rec = _Recorder()
+    meta = synthetic.generate(cfg, rec, progress=False)
+    assert [e["source"] for e in rec.entries] == ["deadleaves"] * 6
+    gen = meta["generator"]
+    assert gen["scene"] == "deadleaves" and gen["motion"] == "translation" and "splits" not in gen
+    assert gen["radii"] == [1.5, 0.5]
+    assert len({tuple(e["blur"].flatten()[:50].tolist()) for e in rec.entries}) == 6  # each its own texture
+
+
+def test_deadleaves_trajectory_with_foreground_renders():
+    out, _ = _deadleaves(1, motion="trajectory", foreground_p=1.0, shift=(8.0, 12.0))
+    assert out["sharp"].shape == (7, 3, 40, 40) and float(out["sharp"].min()) >= 0 and float(out["sharp"].max()) <= 1
+    assert float((out["sharp"][0] - out["sharp"][6]).abs().mean()) > 0.02
+
+
 def test_synthetic_config_validation():
     with pytest.raises(FlagError, match="two splits"):
         synthetic.SyntheticConfig(splits={"train": ("astronaut",), "val": ("astronaut",), "test": ("coffee",)})
@@ -478,3 +557,9 @@ def test_synthetic_config_validation():
         synthetic.SyntheticConfig(subframes=6)
     with pytest.raises(FlagError, match="at least 32"):
         synthetic.SyntheticConfig(size=16)
+    with pytest.raises(FlagError, match="--scene"):
+        synthetic.SyntheticConfig(scene="clouds")
+    with pytest.raises(FlagError, match="--motion"):
+        synthetic.SyntheticConfig(motion="spin")
+    with pytest.raises(FlagError, match="--radii"):
+        synthetic.SyntheticConfig(radii=(0.1, 0.5))
