@@ -82,8 +82,8 @@ def add_train_args(parser: argparse.ArgumentParser, *, epochs: int = 100, lr: fl
     g.add_argument("--epochs", "--num_epochs", dest="epochs", type=int, default=epochs)
     g.add_argument("--max_steps", type=int, default=None, help="stop after this many optimiser steps (smoke runs)")
     g.add_argument("--time_limit", type=float, default=None,
-                   help="minutes: end the run at the first epoch end after this much training time in this call, as "
-                        "if it were the last epoch (validated, model and training state saved; --resume continues)")
+                   help="minutes: end the run at the first step after this much training time in this call, as if "
+                        "it were the last epoch (validated, model saved; --resume continues from the last complete epoch)")
     g.add_argument("--crop_size", type=int, default=crop_size, help="training crop (square)")
     g.add_argument("--no_augment", action="store_true", help="train on the images as stored (crop only)")
     g.add_argument("--optimizer", default="ADAMax", choices=("SGD", "ADAM", "RMSprop", "ADAMax"))
@@ -100,7 +100,7 @@ def add_train_args(parser: argparse.ArgumentParser, *, epochs: int = 100, lr: fl
                         "raise it for large models on short epochs")
     g.add_argument("--train_step", type=int, default=100, help="log the losses and lr every N steps")
     g.add_argument("--display_step", type=int, default=display_step,
-                   help="write a training visualisation every N steps (0: never)")
+                   help="every N steps: the mean loss of those steps in log.txt and a training visualisation (0: never)")
     if images:
         g.add_argument("--img_log_freq", type=int, default=None,
                        help="at validation, write a visualisation every N batches (default: the first batch only)")
@@ -150,7 +150,7 @@ _RANGES = {
     # prepare_dataset.py
     "size": (32, False, 4096), "num_train": (0, False, None), "num_val": (0, False, None),
     "num_test": (0, False, None), "subframes": (5, False, 99), "foreground_p": (0, False, 1.0),
-    "travel": (0, False, 1000.0),
+    "travel": (0, False, 1000.0), "radii": (0, True, 1000.0),
     "window": (1, False, None), "stride": (1, False, None), "num_frames": (2, False, None),
     "val_fraction": (0, False, 1.0), "test_fraction": (0, False, 1.0),
     # Purohit (train_blur2vid.py)
