@@ -114,3 +114,52 @@ def pair_mean_baseline(loader, device, num_frames: int = 7) -> dict:
     where networks score above this on the outer frames."""
     return _baseline(loader, device, num_frames, predict=lambda net, blur, gt: (gt + gt.flip(1)) / 2,
                      desc="pair-mean baseline")
+
+
+def shift_images(images: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
+    """Move the content of images (B, C, H, W) by displacement (B, 2) pixels [dx, dy] (x right, y down):
+    out(x) = images(x - d), bilinear, borders repeated."""
+    b, _, h, w = images.shape
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=images.dtype, device=images.device),
+                            torch.arange(w, dtype=images.dtype, device=images.device), indexing="ij")
+    d = displacement.to(images)
+    gx = (xs[None] - d[:, 0, None, None] + 0.5) / w * 2 - 1
+    gy = (ys[None] - d[:, 1, None, None] + 0.5) / h * 2 - 1
+    return torch.nn.functional.grid_sample(images, torch.stack([gx, gy], -1), mode="bilinear",
+                                           padding_mode="border", align_corners=False)
+
+
+@torch.no_grad()
+def motion_baselines(dataset, device, batch_size: int = 16) -> dict:
+    """References that know each sequence's recorded motion (`motion` of the synthetic datasets, frame 1 ->
+    N in stored order; reversed with the entry): pPSNR / pSSIM per frame of
+      oracle_warp   the blurry image moved along the motion to each frame's time (no deblurring at all:
+                    what reading the motion alone buys);
+      centre_warp   the true middle frame moved the same way (a perfect centre, then the motion: close to
+                    the ceiling of a network that predicts the outer frames from its centre).
+    The middle frame of oracle_warp is the blur, of centre_warp the truth. They bound what an order can buy:
+    a network trained on an order it can read may approach them, one trained on a random order may not."""
+    from datasets.ordering import entry_motion
+    from utils.metrics import SequenceMetrics
+    n = dataset.frame_per_seq
+    # time of each loaded frame relative to the middle, as a fraction of the frame 1 -> N span
+    times = torch.tensor([(f - (n + 1) / 2) / (n - 1) for f in dataset.target_frames])
+    metrics = {name: SequenceMetrics(lpips=None, mode="pair") for name in ("oracle_warp", "centre_warp")}
+    middle = len(times) // 2
+    for start in range(0, len(dataset), batch_size):
+        idx = range(start, min(start + batch_size, len(dataset)))
+        items = [dataset[i] for i in idx]
+        motion = torch.tensor([entry_motion(dataset.entries[i].raw, i) for i in idx])
+        motion = motion * torch.tensor([-1.0 if dataset.reversed[i] else 1.0 for i in idx])[:, None]
+        blur = torch.stack([it["blur"] for it in items]).to(device)
+        gt = torch.stack([it["frames"] for it in items]).to(device)
+        for name, source in (("oracle_warp", blur), ("centre_warp", gt[:, middle])):
+            pred = torch.stack([shift_images(source, motion * t) for t in times.tolist()], 1)
+            metrics[name].update(pred, gt)
+    out = {}
+    for name, m in metrics.items():
+        out[name] = {}
+        for fig in ("pPSNR", "pSSIM"):
+            out[name][fig] = m.per_frame(fig)
+            out[name][f"{fig}_mean"] = m.mean(fig)
+    return out
