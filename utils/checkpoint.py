@@ -4,9 +4,15 @@ A checkpoint is a dict {"model", "optimizer", "scheduler", "epoch", "step", "arg
 "input_convention", "rng", ...}. It is written to a temporary file in the same folder and renamed,
 so a crash never leaves half a file, and loaded with weights_only=True because checkpoints from
 strangers are pickles.
+
+Every file the project writes goes through the writers here (checkpoints, JSON, CSV, PNG, GIF): each
+write is checked byte for byte, so a full disk or a file-size limit is one WriteError naming the file
+and the reason, with nothing partial left and the file that was there before unchanged; Ctrl-C and
+SIGTERM are held until the file is in place.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
@@ -17,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.cli import interrupts_deferred
 from utils.errors import UserError
 
 
@@ -28,21 +35,90 @@ class CheckpointError(UserError):
 TMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp$")
 
 
-def _open_temp(path: Path, mode: int | None):
-    """Create the temporary file for `path` in its folder: (binary file object, temporary path).
+class WriteError(UserError):
+    """A file that could not be written completely (no space left, a file-size limit, a read-only or odd file
+    system, a name too long); the message names the file and the reason. Nothing partial is left: the file
+    that was there before, if any, is unchanged."""
+
+
+_REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (a file-size limit of the file system or of this process: ulimit -f)",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENAMETOOLONG: "a name in the path is too long (names stop at 255 bytes)",
+    errno.EIO: "input/output error (a failing disk or network file system)",
+    errno.ENOENT: "its folder does not exist or takes no new files",
+}
+
+
+def write_error(path, err: OSError) -> WriteError:
+    """The one-line WriteError for an OSError met while writing `path`."""
+    reason = _REASONS.get(err.errno) or " ".join(str(err.strerror or err).split()).lower()
+    return WriteError(f"cannot write {path}: {reason}; nothing was written there (an earlier file of that name is "
+                      "unchanged)")
+
+
+def _write_all(fd: int, data) -> None:
+    """Write every byte of `data` to `fd` or raise OSError: os.write may write only part of a buffer (a disk
+    filling up, a file-size limit reached mid-buffer); the next call then fails with the reason."""
+    view = memoryview(data)
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    while len(view):
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.EIO, f"the system wrote {written} of {len(view)} bytes")
+        view = view[written:]
+
+
+class _CheckedFile:
+    """The file object the atomic writers hand out: a write is complete or raises OSError. The first OSError is
+    kept, because torch.save turns any exception of its file object into RuntimeError("unexpected pos ...")."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            _write_all(self.fd, data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+        return memoryview(data).nbytes
+
+    def flush(self) -> None:
+        pass
+
+
+def _temp_name(name: str) -> str:
+    """`.<name>.<8 hex digits>.tmp`, the name cut (at a character boundary) so that the whole stays within
+    255 bytes: a target whose name is close to the limit still gets a temporary file beside it."""
+    budget = 255 - len(".") - len(".00000000.tmp")
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > budget:
+        name = raw[:budget].decode("utf-8", "ignore")
+    return f".{name}.{secrets.token_hex(4)}.tmp"
+
+
+def _open_temp(path: Path, mode: int | None) -> tuple:
+    """Create the temporary file for `path` in its folder: (file descriptor, temporary path).
 
     Created with os.open(..., 0o666), so the process umask applies exactly as it does for open() (mkstemp's
     0600 would leave checkpoints and datasets unreadable to a group that shares them). `mode`: permission
     bits to set instead, e.g. those of the file being replaced. Used by every atomic writer here."""
     for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        tmp = path.parent / _temp_name(path.name)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         except FileExistsError:
             continue
         if mode is not None:
             os.chmod(tmp, mode)
-        return os.fdopen(fd, "wb"), tmp
+        return fd, tmp
     raise FileExistsError(f"no free temporary name beside {path}")
 
 
@@ -55,31 +131,123 @@ def _replaced_mode(path: Path) -> int | None:
     return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
 
 
-def _atomic_write(path, write) -> None:
-    """write(binary file) into a temporary file beside `path`, fsync, rename over `path`. An existing file's
-    permission bits are kept; a new file gets the umask's. On any failure (Ctrl-C included) the temporary
-    file is removed and `path` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh, tmp = _open_temp(path, _replaced_mode(path))
+def _unlink_quietly(path) -> None:
     try:
-        with fh:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _write_temp(path: Path, write) -> Path:
+    """write(file object) into a new temporary file beside `path`, complete and fsync'ed; returns its path.
+    On any failure the temporary file is removed; an OSError (also one torch.save hid) becomes a WriteError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _open_temp(path, _replaced_mode(path))
+    except OSError as e:
+        raise write_error(path, e) from None
+    fh = _CheckedFile(fd)
+    try:
+        try:
             write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException as e:
+        _unlink_quietly(tmp)
+        error = fh.error or (e if isinstance(e, OSError) else None)
+        if error is not None:
+            raise write_error(path, error) from None
         raise
+    return tmp
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    _atomic_write(path, lambda fh: fh.write(data))
+def _put_in_place(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Rename the finished temporary file to `path`. overwrite=False creates `path` only if nothing is there,
+    in one step (a hard link, which fails if the name exists), so two processes never both create it."""
+    try:
+        if overwrite:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: claim the name first, then rename over it
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.replace(tmp, path)
+            return
+        os.unlink(tmp)
+    except FileExistsError:
+        _unlink_quietly(tmp)
+        raise WriteError(f"{path} already exists (another process created it meanwhile?); nothing was written: "
+                         "pass --overwrite to replace it") from None
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise write_error(path, e) from None
 
 
-def atomic_write_text(path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def _atomic_write(path, write, overwrite: bool = True) -> None:
+    """write(file object) into a temporary file beside `path`, fsync, rename over `path`. An existing file's
+    permission bits are kept; a new file gets the umask's. On any failure the temporary file is removed and
+    `path` is untouched; a failed or short write is one WriteError naming the path and the reason. Ctrl-C and
+    SIGTERM are held until the file is in place (or removed), then raised."""
+    path = Path(path)
+    with interrupts_deferred():
+        _put_in_place(_write_temp(path, write), path, overwrite)
+
+
+def atomic_write_bytes(path, data: bytes, overwrite: bool = True) -> None:
+    _atomic_write(path, lambda fh: fh.write(data), overwrite)
+
+
+def atomic_write_text(path, text: str, overwrite: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), overwrite)
+
+
+def atomic_write_files(files) -> None:
+    """Write several files as one: [(path, bytes), ...] all go to temporary files first, and only when every
+    one is complete are they renamed into place (a JSON and its CSV, the frames of one image). A failure
+    leaves every earlier file as it was."""
+    files = [(Path(p), data) for p, data in files]
+    with interrupts_deferred():
+        temps = []
+        try:
+            for path, data in files:
+                temps.append(_write_temp(path, lambda fh, data=data: fh.write(data)))
+        except BaseException:
+            for tmp in temps:
+                _unlink_quietly(tmp)
+            raise
+        for i, ((path, _), tmp) in enumerate(zip(files, temps)):
+            try:
+                _put_in_place(tmp, path, overwrite=True)
+            except BaseException:
+                for rest in temps[i + 1:]:
+                    _unlink_quietly(rest)
+                raise
+
+
+def write_new_file(path, data) -> None:
+    """Create `path` (which must not exist) holding `data`, every byte written or one WriteError, and nothing
+    left behind on failure. Not atomic and not fsync'ed: for files staged in a folder that is put in place as
+    a whole afterwards (datasets.writer)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise write_error(path, e) from None
+    try:
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        _unlink_quietly(path)
+        raise write_error(path, e) from None
+    except BaseException:
+        _unlink_quietly(path)
+        raise
 
 
 def save_checkpoint(obj, path) -> None:

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import math
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -78,6 +79,10 @@ def add_train_args(parser: argparse.ArgumentParser, *, epochs: int = 100, lr: fl
     g.add_argument("--resume", action="store_true", help="continue from the run's latest training state")
     g.add_argument("--load_epoch", type=int, default=None, help="continue from the training state of this epoch")
     g.add_argument("--pretrained_path", default=None, help="start from these weights (a checkpoint of this model)")
+    g.add_argument("--allow_changes", nargs="+", default=None, metavar="FLAG",
+                   help="with --resume: apply these flags although they differ from the run's (e.g. lr batch_size); "
+                        "any other difference that changes the run is refused. Recorded in args_resume.json, the "
+                        "log and every later checkpoint (resume_history)")
     g = parser.add_argument_group("training")
     g.add_argument("--epochs", "--num_epochs", dest="epochs", type=int, default=epochs)
     g.add_argument("--max_steps", type=int, default=None, help="stop after this many optimiser steps (smoke runs)")
@@ -179,16 +184,33 @@ def parse_decay(decay_type: str, lr_decay: int = 3):
             milestones = [int(v) for v in decay_type.split("_")[1:]]
         except ValueError:
             milestones = []
-        if milestones and milestones == sorted(milestones):
+        if milestones and milestones[0] >= 1 and all(a < b for a, b in zip(milestones, milestones[1:])):
             return ("multistep", milestones)
-    raise FlagError(f"--decay_type {decay_type!r}: use 'step' or 'step_a_b_c' with increasing epochs")
+    raise FlagError(f"--decay_type {decay_type!r}: use 'step' or 'step_a_b_c' with strictly increasing epochs >= 1 "
+                    "(e.g. step_12_18_22)")
+
+
+NAME_MAX = 255  # bytes in one file or folder name (ext4, xfs, btrfs, APFS, NTFS in UTF-16 units)
+
+
+def long_name(path) -> str | None:
+    """The first name in `path` longer than a file system takes, as one line; None when every name fits."""
+    for part in Path(path).parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            return f"the name {part[:24]}...{part[-8:]} is {size} bytes long; names stop at {NAME_MAX} bytes"
+    return None
 
 
 def output_problem(path, folder: bool) -> str | None:
     """Why `path` cannot be written (None when it can): a folder to create or fill (folder=True) or a file
-    to create or replace. Looks at the nearest existing folder on the way, without creating anything.
-    os.access also reports a read-only file system, for root too."""
+    to create or replace. Looks at the nearest existing folder on the way; os.access also reports a
+    read-only file system, for root too, and an empty file created and removed at once there finds folders
+    that take no files whatever their permissions say (/proc, /sys)."""
     path = Path(path)
+    too_long = long_name(path)
+    if too_long:
+        return f"{path} cannot be created: {too_long}"
     if path.exists():
         if folder and not path.is_dir():
             return f"{path} exists and is not a folder"
@@ -201,6 +223,15 @@ def output_problem(path, folder: bool) -> str | None:
             return f"{path} cannot be created: {where} is not a folder"
     if not os.access(where, os.W_OK | os.X_OK):
         return f"{path} cannot be written: no write access to {where}"
+    probe = where / f".probe.{secrets.token_hex(4)}.tmp"  # the atomic writers' temporary-file pattern
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return None
+    except OSError as e:
+        return f"{path} cannot be written: {where} takes no new files ({e.strerror or e})"
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
     return None
 
 
@@ -245,6 +276,8 @@ def check_flags(args) -> None:
         except FlagError as e:
             problems.append(str(e))
     training = getattr(args, "resume", None) is not None
+    if getattr(args, "allow_changes", None) and not (args.resume or args.load_epoch is not None):
+        problems.append("--allow_changes applies to a resumed run: add --resume")
     for name, (kind, train_only) in _OUTPUTS.items():
         value = getattr(args, name, None)
         if value and (training or not train_only):
@@ -268,35 +301,66 @@ def error_line(exc: BaseException) -> str:
     return " ".join(msg.split()) or type(exc).__name__
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a scheduler ending a job), raised like Ctrl-C so that every clean-up that handles Ctrl-C
+    handles it too; run_main ends it with exit 143."""
+
+
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_holding = {"active": False}
+
+
 @contextlib.contextmanager
-def interrupts_deferred(message: str):
-    """Hold Ctrl-C (SIGINT) back while the block runs, for steps that must not stop half-way (moving a
-    finished dataset into place); a Ctrl-C that came meanwhile is raised at the end as
-    KeyboardInterrupt(message), which run_main prints. Outside the main thread, nothing is held."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+def interrupts_deferred(message: str | None = None):
+    """Hold Ctrl-C (SIGINT) and SIGTERM back while the block runs, for steps that must not stop half-way (a
+    file being saved, a finished dataset moved into place); one that came meanwhile is raised at the end as
+    KeyboardInterrupt(message) (Terminated for SIGTERM), which run_main prints. Nested blocks hold until the
+    outermost ends. A signal that is ignored stays ignored. Outside the main thread, nothing is held."""
+    if threading.current_thread() is not threading.main_thread() or _holding["active"]:
+        yield  # another thread, or inside a block that already holds (and raises at its end)
         return
     caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    previous = {}
+    for sig in _HELD_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
+    _holding["active"] = True
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        _holding["active"] = False
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if caught:
-        raise KeyboardInterrupt(message)
+        raise (Terminated if caught[0] == signal.SIGTERM else KeyboardInterrupt)(message or "")
+
+
+def _terminated(signum, frame):
+    raise Terminated()
 
 
 def run_main(build_parser, body, argv=None, interrupted: str = "interrupted") -> int:
     """A script's main(): parse the command line, run body(args) (an int it returns is the exit code).
-    A UserError ends in `error: <message>` (exit 2), Ctrl-C in `error: <interrupted>` (exit 130), or in
-    `error: <its message>` when the KeyboardInterrupt carries one (see interrupts_deferred)."""
+    A UserError ends in `error: <message>` (exit 2), Ctrl-C in `error: <interrupted>` (exit 130) and SIGTERM
+    in the same line with "terminated (SIGTERM)" (exit 143), or in `error: <its message>` when the
+    KeyboardInterrupt carries one (see interrupts_deferred)."""
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+    if main_thread and previous is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         code = body(args)
     except UserError as e:
         print(f"error: {error_line(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:
-        print(f"error: {str(e) or interrupted}", file=sys.stderr)
-        sys.exit(130)
+        message = str(e) or interrupted
+        if isinstance(e, Terminated) and message.startswith("interrupted"):
+            message = "terminated (SIGTERM)" + message[len("interrupted"):]
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
+    finally:
+        if main_thread and previous is not signal.SIG_IGN and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return code if isinstance(code, int) else 0

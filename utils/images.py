@@ -10,22 +10,29 @@ import torch
 from torchvision.io import encode_png
 
 from datasets.transforms import to_uint8
-from utils.checkpoint import atomic_write_bytes
+from utils.checkpoint import atomic_write_bytes, atomic_write_files
 from utils.errors import UserError
+
+
+def png_bytes(image: torch.Tensor, compression_level: int = 6) -> bytes:
+    """RGB float [0, 1] (3, H, W) (or uint8) encoded as an 8-bit PNG."""
+    img = image if image.dtype == torch.uint8 else to_uint8(image.detach())
+    return encode_png(img.cpu().contiguous(), compression_level=compression_level).numpy().tobytes()
 
 
 def save_png(image: torch.Tensor, path, compression_level: int = 6) -> Path:
     """Write RGB float [0, 1] (3, H, W) (or uint8) as an 8-bit PNG: a temporary file, then a rename."""
-    img = image if image.dtype == torch.uint8 else to_uint8(image.detach())
-    data = encode_png(img.cpu().contiguous(), compression_level=compression_level)
-    atomic_write_bytes(path, data.numpy().tobytes())
+    atomic_write_bytes(path, png_bytes(image, compression_level))
     return Path(path)
 
 
 def save_frames(frames: torch.Tensor, folder, prefix: str = "frame_") -> list[Path]:
-    """frames (T, 3, H, W) -> folder/frame_1.png .. frame_T.png."""
+    """frames (T, 3, H, W) -> folder/frame_1.png .. frame_T.png, written as one (all new frames, or after a
+    failure such as a full disk, the earlier files as they were)."""
     folder = Path(folder)
-    return [save_png(f, folder / f"{prefix}{k}.png") for k, f in enumerate(frames, start=1)]
+    files = [(folder / f"{prefix}{k}.png", png_bytes(f)) for k, f in enumerate(frames, start=1)]
+    atomic_write_files(files)
+    return [path for path, _ in files]
 
 
 def entry_folder(entry_id, index: int) -> str:

@@ -35,14 +35,19 @@ def _clean(obj):
     return obj
 
 
+def json_text(data: dict) -> str:
+    """The JSON of a result: nan and inf become null."""
+    return json.dumps(_clean(data), indent=2) + "\n"
+
+
 def write_json(path, data: dict) -> Path:
     path = Path(path)
-    atomic_write_text(path, json.dumps(_clean(data), indent=2) + "\n")
+    atomic_write_text(path, json_text(data))
     return path
 
 
-def write_csv(path, headers, rows) -> Path:
-    """A CSV file (atomic write); None, nan and inf become empty cells, floats keep full precision."""
+def csv_text(headers, rows) -> str:
+    """CSV text; None, nan and inf become empty cells, floats keep full precision."""
     import csv
     import io
 
@@ -55,6 +60,11 @@ def write_csv(path, headers, rows) -> Path:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(headers)
     writer.writerows([[cell(v) for v in row] for row in rows])
+    return buf.getvalue()
+
+
+def write_csv(path, headers, rows) -> Path:
+    """A CSV file (atomic write), as csv_text."""
     path = Path(path)
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, csv_text(headers, rows))
     return path
