@@ -6,12 +6,14 @@
 """
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from pathlib import Path
 
 from datasets.metadata import PARTITIONS, load_split, metadata_file, parse_entries, read_metadata
 from utils.cli import ArgumentParser, check_flags, run_main
+from utils.errors import FlagError
 
 
 def print_summary(root, check=True) -> dict:
@@ -37,6 +39,25 @@ def print_summary(root, check=True) -> dict:
         print(f"| {split} | {counts.get(split, 0)} | {sizes.get(split, '-')} |")
     print(f"  orders: {dict(orders)}")
     return {"counts": dict(counts), "sizes": sizes}
+
+
+def restore_interrupted_replacement(out) -> None:
+    """A replacement of the dataset killed in the middle of its final moves left the old dataset aside in
+    OUT/.replaced/: put it back (or finish the replacement), holding the folder's lock meanwhile."""
+    from datasets.writer import REPLACED, finish_replacement
+    from utils.lock import FolderLock
+    if (Path(out) / REPLACED).is_dir():
+        with FolderLock(out, "the dataset folder"):
+            if finish_replacement(out):
+                print(f"put back the dataset at {out}, whose replacement was interrupted", file=sys.stderr)
+
+
+def check_src_and_out(src, out) -> None:
+    """The videos are read from --src and the dataset written to --out: neither may hold the other."""
+    src_real, out_real = os.path.realpath(src), os.path.realpath(out)
+    if src_real == out_real or out_real.startswith(src_real + os.sep) or src_real.startswith(out_real + os.sep):
+        raise FlagError(f"--out {out} and --src {src} are the same folder or one holds the other: the dataset "
+                        "would be written among the videos it is made from; choose an --out outside --src")
 
 
 def build_parser() -> ArgumentParser:
@@ -93,6 +114,7 @@ def build_parser() -> ArgumentParser:
 def main_body(args) -> None:
     check_flags(args)
     if args.mode == "summary":
+        restore_interrupted_replacement(args.out)
         print_summary(args.out, check="headers" if args.quick_check else True)
         return
     from datasets.writer import DatasetWriter
@@ -105,6 +127,7 @@ def main_body(args) -> None:
                               counts={"train": args.num_train, "val": args.num_val, "test": args.num_test})
     else:
         from datasets import from_frames
+        check_src_and_out(args.src, args.out)
         cfg = from_frames.FramesConfig(window=args.window, stride=args.stride, frames=args.num_frames,
                                        linear=not args.no_linear, val_fraction=args.val_fraction,
                                        test_fraction=args.test_fraction, val_videos=tuple(args.val_videos),
@@ -121,9 +144,9 @@ def main_body(args) -> None:
     writer.commit(meta)
     try:
         print_summary(args.out)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"interrupted while checking the new dataset; it was written completely to "
-                                f"{args.out} (check it with: python prepare_dataset.py summary --out {args.out})") from None
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (utils.cli.Terminated), which keeps its exit code
+        raise type(e)(f"interrupted while checking the new dataset; it was written completely to "
+                      f"{args.out} (check it with: python prepare_dataset.py summary --out {args.out})") from None
 
 
 def main(argv=None) -> int:

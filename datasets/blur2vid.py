@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from datasets.metadata import Entry, MetadataError, entry_bbox, load_split, resolve_target_frames
 from utils.errors import FlagError
 from datasets.transforms import (AugmentConfig, ImageReadError, apply_augment, augment_stack, crop_to_box,
-                                 decode_image_file, draw_augment, source_window, to_float_stack)
+                                 decode_image_file, draw_augment, exif_swaps_axes, source_window, to_float_stack)
 
 BOX_SIZE_TRAIN = (192, 192)
 BOX_SIZE_EVAL = (192, 160)
@@ -120,7 +120,8 @@ class Blur2VidDataset(Dataset):
         if e.size is None:
             from PIL import Image
             with Image.open(e.blur_path) as im:
-                e.size = (im.size[1], im.size[0])
+                w, h = im.size
+                e.size = (w, h) if exif_swaps_axes(im) else (h, w)  # as decoded (EXIF orientation applied)
         return e.size
 
     def smallest(self) -> tuple:

@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 
 from PIL import Image
 
-from datasets.transforms import ImageReadError, decode_image_file
+from datasets.transforms import ImageReadError, decode_image_file, exif_swaps_axes
 from utils.checkpoint import atomic_write_text
 from utils.errors import UserError
 
@@ -58,6 +58,9 @@ def read_metadata(path) -> dict:
     """Parse metadata.json and check its top-level structure."""
     path = metadata_file(path)
     if not path.is_file():
+        if (path.parent / ".replaced").is_dir():  # datasets/writer.py: a replacement killed half-way
+            raise MetadataError(f"metadata file not found: {path}: a replacement of this dataset was interrupted; "
+                                f"put the old one back with: python prepare_dataset.py summary --out {path.parent}")
         raise MetadataError(f"metadata file not found: {path} (pass the dataset root holding {METADATA_NAME})")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -81,10 +84,30 @@ def dataset_name(metadata_root, given: str | None = None) -> str:
     return str(name) if isinstance(name, str) and name.strip() else path.parent.resolve().name
 
 
-def write_metadata(path, meta: dict) -> None:
-    """Write metadata.json atomically (temporary file, then rename)."""
+def write_metadata(path, meta: dict, overwrite: bool = True) -> None:
+    """Write metadata.json atomically (temporary file, then rename). overwrite=False creates the file only if
+    nothing is there at that moment, also when another process races to create it."""
     atomic_write_text(metadata_file(path) if Path(path).is_dir() else Path(path),
-                      json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+                      json.dumps(meta, indent=2, ensure_ascii=False) + "\n", overwrite=overwrite)
+
+
+def dataset_inputs(metadata_root, entries=None, data_root=None, with_metadata: bool = True):
+    """The files a script reads from a dataset (utils.outputs.Inputs): its metadata.json and every image and
+    bbox file of `entries` (default: every entry of the metadata, parsed without touching the files)."""
+    from utils.outputs import Inputs
+    source = metadata_file(metadata_root)
+    inputs = Inputs()
+    if with_metadata:
+        inputs.add(f"the metadata {source}", source)
+    if entries is None:
+        meta = read_metadata(source)
+        entries = parse_entries(meta, Path(data_root) if data_root else source.parent, source=str(source))
+    for e in entries:
+        for path in (e.blur_path, *e.frame_paths):
+            inputs.add(f"an image of entry {e.id} ({path})", path)
+        if isinstance(e.bbox, Path):
+            inputs.add(f"the bbox file of entry {e.id} ({e.bbox})", e.bbox)
+    return inputs
 
 
 def resolve_target_frames(target_frames: Sequence[int] | None, frame_per_seq: int) -> list:
@@ -162,7 +185,8 @@ def _image_size(path: Path, eid: str, decode: bool) -> tuple:
         return int(img.shape[2]), int(img.shape[1])
     try:
         with Image.open(path) as im:
-            return im.size  # (W, H), read from the header only
+            w, h = im.size  # read from the header only
+            return (h, w) if exif_swaps_axes(im) else (w, h)  # as decoded: turned as its EXIF orientation says
     except FileNotFoundError:
         raise MetadataError(f"entry {eid}: file not found: {path}") from None
     except Exception as e:

@@ -30,14 +30,21 @@ class ImageReadError(UserError):
 def decode_image_file(path) -> tuple:
     """Decode an image file without converting to float: (RGB integer tensor (3, H, W), full-scale value).
 
-    torchvision decodes PNG, JPEG, WebP and GIF; other formats PIL opens (BMP, TIFF, PPM, ...) go
-    through PIL. Grayscale, palette and RGBA become RGB; 16-bit images keep 16 bits (full scale 65535).
-    Training crops are converted to float after cropping, which is why this step is separate.
+    torchvision decodes PNG and JPEG; other formats PIL opens (WebP, GIF, BMP, TIFF, PPM, ...) go through
+    PIL. Grayscale, palette and RGBA become RGB; 16-bit images keep 16 bits (full scale 65535). An EXIF
+    orientation (photos from phones and cameras) is applied, so images are oriented as viewers show them
+    (torchvision applies it for PNG and JPEG only, hence PIL for the rest). Training crops are converted
+    to float after cropping, which is why this step is separate.
     """
+    img, error = None, None
     try:
-        img = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        data = read_file(str(path))
+        if bytes(data[:4].tolist()).startswith((b"\x89PNG", b"\xff\xd8")):  # PNG, JPEG
+            img = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except Exception as e:
-        img = _decode_with_pil(path, e)
+        error = e
+    if img is None:
+        img = _decode_with_pil(path, error)
     if img.dtype == torch.uint8:
         return img, 255.0
     if img.dtype == torch.uint16:
@@ -52,7 +59,8 @@ def _decode_with_pil(path, tv_error) -> torch.Tensor:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as opened:
+            im = _exif_oriented(opened)
             if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit grayscale (TIFF, old Pillow PNG)
                 a = np.asarray(im, dtype=np.int64).clip(0, 65535).astype(np.int32)
                 return torch.from_numpy(a)[None].expand(3, -1, -1).contiguous()
@@ -61,9 +69,31 @@ def _decode_with_pil(path, tv_error) -> torch.Tensor:
         raise ImageReadError(f"cannot read image {path}: file not found") from None
     except Exception as pil_error:  # Pillow's reason ("image file is truncated", ...) reads better than
         # torchvision's, which starts with a C++ source location
-        reason = " ".join(str(pil_error).split()) or " ".join(str(tv_error).split()) or type(pil_error).__name__
+        reason = " ".join(str(pil_error).split()) or " ".join(str(tv_error or "").split()) or type(pil_error).__name__
         raise ImageReadError(f"cannot read image {path}: {reason}") from None
     return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous()
+
+
+def _exif_oriented(im):
+    """A PIL image turned as its EXIF orientation says (as viewers show it); as it is when the EXIF data is
+    unreadable, which leaves the pixels themselves readable."""
+    from PIL import ImageOps
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:
+        return im
+
+
+def exif_swaps_axes(im) -> bool:
+    """Whether a just-opened PIL image's EXIF orientation (5 to 8) turns it by 90 degrees, so that its header
+    size is (H, W) of the image as shown. Pillow turns TIFFs itself (and reports their size turned already),
+    so only the formats it leaves as stored are asked."""
+    if im.format not in ("JPEG", "MPO", "PNG", "WEBP"):
+        return False
+    try:
+        return im.getexif().get(0x0112) in (5, 6, 7, 8)
+    except Exception:
+        return False
 
 
 def read_image(path) -> torch.Tensor:
