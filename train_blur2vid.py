@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
-from datasets.metadata import dataset_name
+from datasets.metadata import dataset_inputs, dataset_name
 from datasets.transforms import AugmentConfig
 from losses import LOSS_TYPES, build_loss
 from models import backbone_checkpoint_fields, backbone_names, build_backbone, float_output, load_backbone
@@ -110,6 +110,11 @@ def check_args(args) -> None:
             raise FlagError(f"{', '.join(given) or '--stage'}: Purohit options, but --backbone is {args.backbone}")
         return
     resuming = args.resume or args.load_epoch is not None
+    if args.stage1_path and args.pretrained_path:
+        raise FlagError("--stage1_path and --pretrained_path both choose the starting weights: give one (a stage-2 "
+                        "run starts from --stage1_path; --pretrained_path continues from any checkpoint of this model)")
+    if args.stage1_path and args.stage == 1:
+        raise FlagError("--stage1_path is where a stage-2 run starts: --stage 1 trains the stage-1 model itself")
     if args.stage == 1 and args.loss_type != "naive":
         raise FlagError("--stage 1 trains an autoencoder of the stored sequences: use --loss_type naive")
     if args.stage == 2 and not (args.stage1_path or args.pretrained_path or resuming):
@@ -210,7 +215,8 @@ def _train(args, device, dist_info) -> dict:
                    embed_target=model.encode_video if args.embed_weight > 0 else None) if multiscale else {}
     loss_fn = build_loss(args.loss_type, hypercut=hypercut, alpha=args.alpha, multiscale=multiscale,
                          **options).to(device)
-    run = Run(args, dist_info)  # after every check of the flags and the data
+    # after every check of the flags and the data
+    run = Run(args, dist_info, inputs=dataset_inputs(args.metadata_root, data_root=args.data_root))
     val_loader = make_eval_loader(val_set, args.batch_size, args.num_workers, device, dist_info)
     last = {}
 
@@ -260,16 +266,19 @@ def _train(args, device, dist_info) -> dict:
     fields = backbone_checkpoint_fields(model)
     if args.backbone == "Purohit":
         fields["stage"] = args.stage
-    return fit(args, model=model, train_set=train_set, val_set=val_set, step_fn=step_fn, validate_fn=validate_fn,
-               fields=fields, run=run, device=device, dist_info=dist_info, on_display=on_display,
-               log_model=f"backbone {fields['backbone']}, input convention {model.input_convention}, "
-                         f"{sum(p.numel() for p in model.parameters()):,} parameters "
-                         f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} trained); loss "
-                         f"{'naive (stage 1 autoencoder)' if stage1 else args.loss_type}"
-                         + (f" (alpha {args.alpha})" if args.loss_type == "hypercut" else "")
-                         + (f"; HyperCUT {args.hypercut_path}" if hypercut is not None else "")
-                         + (f"; stage {args.stage}" if args.backbone == "Purohit" else "")
-                         + ("; central frame: ground truth (oracle)" if args.middle_frame == "gt" else ""))
+    try:  # the run folder's lock is let go however the run ends
+        return fit(args, model=model, train_set=train_set, val_set=val_set, step_fn=step_fn, validate_fn=validate_fn,
+                   fields=fields, run=run, device=device, dist_info=dist_info, on_display=on_display,
+                   log_model=f"backbone {fields['backbone']}, input convention {model.input_convention}, "
+                             f"{sum(p.numel() for p in model.parameters()):,} parameters "
+                             f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} trained); loss "
+                             f"{'naive (stage 1 autoencoder)' if stage1 else args.loss_type}"
+                             + (f" (alpha {args.alpha})" if args.loss_type == "hypercut" else "")
+                             + (f"; HyperCUT {args.hypercut_path}" if hypercut is not None else "")
+                             + (f"; stage {args.stage}" if args.backbone == "Purohit" else "")
+                             + ("; central frame: ground truth (oracle)" if args.middle_frame == "gt" else ""))
+    finally:
+        run.close()
 
 
 def main(argv=None) -> int:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import sys
 
 from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
-from datasets.metadata import dataset_name
+from datasets.metadata import dataset_inputs, dataset_name
 from datasets.transforms import AugmentConfig
 from models.convention import REFERENCE_BGR_IMAGENET
 from models.hypercut import F_FUNCS, G_FUNCS, REFERENCE_SLOPE, HyperCUT, hypercut_loss, load_hypercut, sequence_pairs
@@ -108,7 +108,12 @@ def build_datasets(args):
                   check_files=file_check(args))
     train_set = Blur2VidDataset(args.metadata_root, "train", augment=augment, limit=args.train_limit, **common)
     val_set = Blur2VidDataset(args.metadata_root, "val", augment=None, limit=args.val_limit, **common)
-    sequence_pairs(len(train_set.target_frames))  # fails early on sequences shorter than 6 frames
+    frames = len(train_set.target_frames)
+    if frames < 6:
+        raise FlagError(f"HyperCUT needs sequences of at least 6 frames (three nested pairs), but "
+                        f"{args.metadata_root} gives {frames}"
+                        + (" (--target_frames)" if args.target_frames is not None else " per sequence"))
+    sequence_pairs(frames)
     return train_set, val_set
 
 
@@ -143,7 +148,7 @@ def _train(args, device, dist_info) -> dict:
     check_image_sizes(train_set, args.crop_size, val_set, crop_need=need, eval_need=need)
     if args.pretrained_path and not (args.resume or args.load_epoch is not None):
         load_pretrained(model, args.pretrained_path)
-    run = Run(args, dist_info)
+    run = Run(args, dist_info, inputs=dataset_inputs(args.metadata_root, data_root=args.data_root))
     val_loader = make_eval_loader(val_set, args.batch_size, args.num_workers, device, dist_info)
     last = {}
 
@@ -170,10 +175,13 @@ def _train(args, device, dist_info) -> dict:
             run.writer.add_histogram("train/h_d1", last["scores"][:, 0].float().cpu(), step)
 
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return fit(args, model=model, train_set=train_set, val_set=val_set, step_fn=step_fn, validate_fn=validate_fn,
-               fields=model.checkpoint_fields(), run=run, device=device, dist_info=dist_info, on_display=on_display,
-               log_model=f"HyperCUT {model.config}, input convention {model.input_convention}, "
-                         f"{trained:,} trained parameters")
+    try:  # the run folder's lock is let go however the run ends
+        return fit(args, model=model, train_set=train_set, val_set=val_set, step_fn=step_fn, validate_fn=validate_fn,
+                   fields=model.checkpoint_fields(), run=run, device=device, dist_info=dist_info, on_display=on_display,
+                   log_model=f"HyperCUT {model.config}, input convention {model.input_convention}, "
+                             f"{trained:,} trained parameters")
+    finally:
+        run.close()
 
 
 def main(argv=None) -> int:

@@ -212,7 +212,7 @@ def fit(args, *, model, train_set, val_set, step_fn, validate_fn, fields: dict, 
             if key != "input_convention" and state.get(key) != value:
                 raise CheckpointError(f"the training state was made with {key} {state.get(key)}, but the flags "
                                       f"ask for {value}")
-        start_epoch, step = restore_training_state(state, model, optimizer, scheduler)
+        start_epoch, step = restore_training_state(state, model, optimizer, scheduler, args, run.changes)
         if amp.scaler is not None and state.get("grad_scaler"):
             amp.scaler.load_state_dict(state["grad_scaler"])
         run.log(f"resumed from epoch {start_epoch - 1} (step {step})")
