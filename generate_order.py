@@ -34,13 +34,15 @@ import torch
 
 from datasets.blur2vid import Blur2VidDataset, check_image_sizes
 from datasets.ordering import oracle_orders
-from datasets.metadata import (MetadataError, check_files, dataset_name, metadata_file, parse_entries, read_metadata,
-                               rebased, with_orders, write_metadata)
+from datasets.metadata import (MetadataError, check_files, dataset_inputs, dataset_name, metadata_file, parse_entries,
+                               read_metadata, rebased, with_orders, write_metadata)
 from models.hypercut import F_FUNCS, G_FUNCS, load_hypercut, order_decisions
-from utils.cli import ArgumentParser, add_checkpoint_args, add_data_args, add_runtime_args, check_flags, run_main
+from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_runtime_args, check_flags, long_name,
+                       output_problem, run_main)
 from utils.device import resolve_device
 from utils.errors import FlagError, RunFolderError
 from utils.evaluation import hypercut_scores, make_eval_loader
+from utils.outputs import check_outputs
 from utils.report import markdown_table
 from utils.run import hypercut_run_name, resolve_pretrained
 
@@ -66,20 +68,31 @@ def build_parser() -> ArgumentParser:
 def output_path(args, source: Path) -> Path:
     """Where to write, after the checks that protect existing files."""
     out = Path(args.save_path)
+    too_long = long_name(out)
+    if too_long:
+        raise FlagError(f"--save_path {out} cannot be created: {too_long}")
     if out.is_dir():
         out = metadata_file(out)
     if out.exists() and out.is_dir():
         raise FlagError(f"--save_path {out} is a folder")
     if not out.parent.is_dir():
         raise FlagError(f"--save_path {out}: folder {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK):
-        raise FlagError(f"--save_path {out}: folder {out.parent} is not writable")
+    problem = output_problem(out, folder=False)
+    if problem:
+        raise FlagError(f"--save_path {problem}")
     if out.exists() and not args.overwrite:
         if os.path.samefile(out, source):
             raise FlagError(f"--save_path {out} is the input metadata {source}; pass --overwrite to replace it, "
                             f"or write beside it (e.g. {source.parent / 'metadata_ordered.json'})")
         raise FlagError(f"--save_path {out} already exists; pass --overwrite to replace it")
     return out
+
+
+def check_inputs_kept(args, out: Path, meta: dict, source: Path, root: Path) -> None:
+    """--save_path is none of the files the ordering reads: an image, a bbox file, the checkpoint (whether it
+    may replace the input metadata is output_path's rule)."""
+    inputs = dataset_inputs(source, parse_entries(meta, root, source=str(source)), with_metadata=False)
+    check_outputs([("--save_path", out)], inputs.add_checkpoint("--pretrained_path", args.pretrained_path))
 
 
 def judge(args, device, meta: dict, source: Path, root: Path) -> torch.Tensor:
@@ -108,6 +121,7 @@ def main_body(args) -> None:
     if args.oracle:
         if args.pretrained_path:
             raise FlagError("give either --pretrained_path (HyperCUT's order) or --oracle (the recorded motion)")
+        check_inputs_kept(args, out, meta, source, root)
         orders = oracle_orders(meta)
         reverse = torch.tensor([orders[i] == "reverse" for i in range(len(meta["data"]))], dtype=torch.bool)
         consistent = torch.ones_like(reverse)
@@ -118,13 +132,16 @@ def main_body(args) -> None:
                 args, hypercut_run_name(args.f_func, args.g_func, args.out_dim, args.dataset_name)))
         except RunFolderError as e:
             raise RunFolderError(f"{e}; or pass --oracle to order by the recorded motion") from None
+        check_inputs_kept(args, out, meta, source, root)
         device = resolve_device(args.device)
         scores = judge(args, device, meta, source, root)
         reverse = order_decisions(scores)
         u = scores[:, 0::2]
         consistent = ((u[:, 0] * u[:, 1] > 0) & (u[:, 0] * u[:, 2] > 0))
         orders = {i: "reverse" if r else "ignore" for i, r in enumerate(reverse.tolist())}
-    write_metadata(out, rebased(with_orders(meta, orders), root, out.parent))
+    # without --overwrite the file is created only if nothing is there at that moment (another process may have
+    # written it meanwhile)
+    write_metadata(out, rebased(with_orders(meta, orders), root, out.parent), overwrite=args.overwrite)
 
     partitions = [e["partition"] for e in meta["data"]]
     rows = []

@@ -29,6 +29,7 @@ from utils.device import out_of_memory_hint, resolve_device
 from utils.errors import FlagError
 from utils.evaluation import add_tile_arg, resolve_tile, tiled
 from utils.images import OutputFolders, save_frames
+from utils.outputs import Inputs, check_outputs, folder_targets
 from utils.training import progress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -132,6 +133,14 @@ def main_body(args) -> None:
     if args.target_frames is not None and sorted(args.target_frames) != list(range(1, model.num_frames + 1)):
         raise FlagError(f"--target_frames: the model predicts frames 1..{model.num_frames}, and inference writes "
                         "them all; leave the flag out")
+    # what will be written, against the photos and weights read (a photo named like an output folder's file)
+    per_image = [f"frame_{k}.png" for k in range(1, model.num_frames + 1)] + (["frames.gif", "contact.png"]
+                                                                               if args.gif else [])
+    names = [f"{p.stem}/{name}" for p in images for name in per_image]
+    inputs = Inputs().add_checkpoint("--pretrained_path", args.pretrained_path)
+    for p in images:
+        inputs.add(f"the photo {p}", p)
+    check_outputs([("--output_path", p) for p in folder_targets(out, names)], inputs)
     run_inference(model, images, out, device, gif=args.gif, tile=resolve_tile(args.tile, args.pretrained_path))
 
 

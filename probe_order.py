@@ -24,9 +24,11 @@ from pathlib import Path
 import torch
 
 from datasets.blur2vid import Blur2VidDataset
+from datasets.metadata import dataset_inputs
 from models.hypercut import load_hypercut
 from utils.device import resolve_device
 from utils.probe import ProbeConfig, collect_crops, crop_agreement, half_plane_fit, run_probe
+from utils.outputs import check_outputs
 from utils.report import markdown_table, write_json
 from utils.cli import ArgumentParser, check_flags, run_main
 from utils.errors import FlagError, UserError
@@ -178,6 +180,10 @@ def report(result: dict) -> str:
 
 def main_body(args) -> None:
     check_args(args)
+    inputs = dataset_inputs(args.metadata_root, data_root=args.data_root)
+    for path in args.hypercut_path:
+        inputs.add_checkpoint("--hypercut_path", path)
+    check_outputs([("--output_json", args.output_json)], inputs)
     result = probe(args)
     if args.output_json:
         write_json(args.output_json, result)

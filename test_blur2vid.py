@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
-from datasets.metadata import PARTITIONS, dataset_name
+from datasets.metadata import PARTITIONS, dataset_inputs, dataset_name
 from losses import LOSS_TYPES
 from models import backbone_checkpoint_fields, backbone_names, load_backbone
 from models.hypercut import load_hypercut
@@ -55,7 +55,9 @@ from utils.evaluation import add_tile_arg, evaluate, make_eval_loader, predict_f
 from utils.images import OutputFolders, entry_folder, save_frames
 from utils.metrics import LPIPSMetric, LPIPSWeightsMissing, SequenceMetrics, min_image_size
 from utils.order_eval import sequence_signs, summarise
-from utils.report import markdown_table, write_csv, write_json
+from utils.checkpoint import atomic_write_files
+from utils.outputs import check_outputs, folder_targets
+from utils.report import csv_text, json_text, markdown_table
 from utils.run import blur2vid_run_name, resolve_pretrained
 
 METRICS = ("pPSNR", "pSSIM", "pLPIPS", "PSNR", "SSIM", "LPIPS")
@@ -103,6 +105,26 @@ def make_lpips(args, device):
         return None, "skipped (AlexNet weights missing)"
 
 
+def check_outputs_first(args, dataset, num_frames: int) -> None:
+    """--output_json, the CSV beside it and every file --save_images will write, against the files this
+    evaluation reads and against one another, before any work."""
+    if args.output_json and Path(args.output_json).suffix.lower() == ".csv":
+        raise FlagError(f"--output_json {args.output_json}: the per-frame CSV is written beside the JSON under its "
+                        "name with .csv, which is this same file: give the JSON a .json name")
+    inputs = dataset_inputs(args.metadata_root, data_root=args.data_root)  # every split's files
+    inputs.add_checkpoint("--pretrained_path", args.pretrained_path)
+    inputs.add_checkpoint("--hypercut_path", args.hypercut_path)
+    outputs = []
+    if args.output_json:
+        outputs += [("--output_json", args.output_json),
+                    ("the CSV beside --output_json", Path(args.output_json).with_suffix(".csv"))]
+    if args.save_images:
+        names = [f"{entry_folder(e.id, i)}/frame_{k}.png" for i, e in enumerate(dataset.entries)
+                 for k in range(1, num_frames + 1)]
+        outputs += [("--save_images", p) for p in folder_targets(args.save_images, names)]
+    check_outputs(outputs, inputs)
+
+
 def run_test(args) -> dict:
     """Evaluate and return the result dict (what --output_json holds)."""
     check_flags(args)
@@ -129,6 +151,7 @@ def run_test(args) -> dict:
     if hypercut is not None:
         need["HyperCUT's f"] = hypercut.f_func.min_size
     check_image_sizes(None, None, dataset, eval_need=need)  # every image, before any work
+    check_outputs_first(args, dataset, model.num_frames)
 
     folders = OutputFolders(args.save_images) if args.save_images else None
     signs: dict = {}  # utils.order_eval.sequence_signs of every batch, with the HyperCUT
@@ -191,15 +214,18 @@ def report(result: dict) -> str:
 
 
 def write_results(result: dict, json_path) -> tuple[Path, Path]:
-    """--output_json and the CSV beside it (one row per metric: frame_1..frame_T, mean)."""
-    json_path = write_json(json_path, result)
+    """--output_json and the CSV beside it (one row per metric: frame_1..frame_T, mean), written as one: both
+    new files, or (a full disk) both earlier ones as they were."""
+    json_path = Path(json_path)
     t = len(result["pPSNR"])
     headers = ["metric"] + [f"frame_{k}" for k in range(1, t + 1)] + ["mean"]
     rows = [[n] + (result[n] + [result[f"{n}_mean"]] if result[n] is not None else [None] * (t + 1))
             for n in METRICS]
     if result["middle_frame"] != "predicted":  # the oracle label travels with the figures
         rows = [[f"{row[0]} (oracle centre)"] + row[1:] for row in rows]
-    return json_path, write_csv(json_path.with_suffix(".csv"), headers, rows)
+    csv_path = json_path.with_suffix(".csv")
+    atomic_write_files([(json_path, json_text(result).encode()), (csv_path, csv_text(headers, rows).encode())])
+    return json_path, csv_path
 
 
 def main_body(args) -> None:

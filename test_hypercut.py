@@ -24,7 +24,7 @@ from __future__ import annotations
 import sys
 
 from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
-from datasets.metadata import PARTITIONS, dataset_name
+from datasets.metadata import PARTITIONS, dataset_inputs, dataset_name
 from models.hypercut import F_FUNCS, G_FUNCS, load_hypercut
 from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_eval_args, add_runtime_args,
                        check_flags, run_main)
@@ -32,6 +32,7 @@ from utils.device import resolve_device
 from utils.errors import FlagError
 from utils.evaluation import hypercut_scores, make_eval_loader
 from utils.metrics import hit_con
+from utils.outputs import check_outputs
 from utils.report import markdown_table, write_json
 from utils.run import hypercut_run_name, resolve_pretrained
 
@@ -63,6 +64,9 @@ def evaluate(args) -> dict:
     if len(dataset.target_frames) < 6:
         raise FlagError(f"HyperCUT needs sequences of at least 6 frames, this dataset has {len(dataset.target_frames)}")
     check_image_sizes(None, None, dataset, eval_need={"HyperCUT's f": model.f_func.min_size})
+    check_outputs([("--output_json", args.output_json)],
+                  dataset_inputs(args.metadata_root, data_root=args.data_root).add_checkpoint("--pretrained_path",
+                                                                                           args.pretrained_path))
     loader = make_eval_loader(dataset, args.batch_size, args.num_workers, device)
     scores = hypercut_scores(model, loader, device, desc=f"{args.split}")
     return hit_con(scores)
