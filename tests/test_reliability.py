@@ -332,7 +332,7 @@ def test_inference_decodes_every_photo_before_writing(tmp_path, narrow_ckpt, cap
 
 def test_ctrl_c_in_prepare_dataset_leaves_nothing(tmp_path, capsys, monkeypatch):
     import datasets.writer as writer_module
-    real, calls = writer_module.write_png, []
+    real, calls = writer_module.write_new_file, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -340,7 +340,7 @@ def test_ctrl_c_in_prepare_dataset_leaves_nothing(tmp_path, capsys, monkeypatch)
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(writer_module, "write_png", interrupted)
+    monkeypatch.setattr(writer_module, "write_new_file", interrupted)
     out = tmp_path / "ds"
     with pytest.raises(SystemExit) as info:
         prepare_dataset.main(["synthetic", "--out", str(out), "--size", "32", "--num_train", "2", "--num_val", "1",
@@ -357,7 +357,8 @@ def test_ctrl_c_during_the_final_moves_is_held_until_the_dataset_is_complete(tmp
 
     def replace_then_ctrl_c(src, dst):
         real(src, dst)
-        os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of commit()
+        if Path(dst).parent == out:  # a move into the dataset folder: arrives in the middle of the swap
+            os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(writer_module.os, "replace", replace_then_ctrl_c)
     out = tmp_path / "ds"
