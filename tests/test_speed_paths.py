@@ -1,5 +1,7 @@
 """The speed paths compute the same functions: HyperCUT's fused stem and chunks, Jin's shared block
 statistics and per-colour chunks, SSIM's float32 path (outputs and gradients against the plain code)."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,11 +29,21 @@ def _hypercut_run(model, frames):
     return emb.detach(), scores.detach(), grads(model)
 
 
-# float64 shows the paths compute the same function; float32 shows rounding stays at its own level
-# (the stem bias gradient, a sum over every position with cancellation, differs by about 1e-5)
-@pytest.mark.parametrize("dtype,out_tol,grad_tol", [(torch.float64, 1e-10, 1e-10), (torch.float32, 1e-5, 5e-5)])
+def rounding_tol(dtype, n: int, factor: float = 4.0) -> float:
+    """The relative error two summation orders of n terms may show in `dtype`: factor x eps x sqrt(n) (the
+    typical growth of rounding error over a reduction), derived from the dtype and the reduction size rather
+    than tuned to one install's kernels."""
+    return factor * torch.finfo(dtype).eps * math.sqrt(n)
+
+
+# float64 shows the paths compute the same function; float32 shows rounding stays at its own level. The largest
+# reduction is the stem's weight and bias gradient, a sum over every position of every pair (B x 6 x H x W). Some
+# gradients also cancel (a bias gradient summing terms of both signs), so relative to their own size even the
+# plain layers' float32 result is off by more than that: a fast path may be off by 4x the larger of the two
+# (the plain path's own error is measured against float64).
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("hw", [(40, 48), (33, 35), (37, 41)])  # even, odd in both axes, odd rows
-def test_fused_stem_and_chunks_match_plain_layers(hw, dtype, out_tol, grad_tol):
+def test_fused_stem_and_chunks_match_plain_layers(hw, dtype):
     torch.manual_seed(0)
     model = HyperCUT().to(dtype)
     assert isinstance(model.f_func.model[2], torch.nn.Identity) and model.f_func.fuse_stem
@@ -42,11 +54,14 @@ def test_fused_stem_and_chunks_match_plain_layers(hw, dtype, out_tol, grad_tol):
     model.f_func.fuse_stem = False
     set_chunk_bytes(model, 1 << 40)  # one batch of 18 pairs through the layers one by one
     plain = _hypercut_run(model, frames)
+    exact = _hypercut_run(model.double(), frames.double()) if dtype != torch.float64 else plain
+    tol = rounding_tol(dtype, frames.shape[0] * 6 * hw[0] * hw[1])
     for got in (fast, chunked):
-        assert rel_err(got[0], plain[0]) < out_tol and rel_err(got[1], plain[1]) < out_tol
+        assert rel_err(got[0], plain[0]) < tol and rel_err(got[1], plain[1]) < tol
         assert plain[2].keys() == got[2].keys() and len(plain[2]) == 36  # every conv weight and bias
         for k in plain[2]:
-            assert rel_err(got[2][k], plain[2][k]) < grad_tol, k
+            own = rel_err(plain[2][k].double(), exact[2][k].double())  # the plain path's rounding error
+            assert rel_err(got[2][k].double(), exact[2][k].double()) < max(tol, 4 * own), k
 
 
 def test_fused_and_chunked_model_reproduces_reference(hypercut_reference):
@@ -103,10 +118,11 @@ def test_block_statistics_once_equal_two_norms(make):
     block = make()
     _random_affines(block)
     x = torch.randn(2, 12, 9, 11) * 3 + 2
+    tol = rounding_tol(x.dtype, 9 * 11 + 9 * 12)  # a norm over H x W, then a 3x3 conv over 12 channels
     with torch.no_grad():
-        assert rel_err(block(x), _plain_block(block, x)) < 1e-5
+        assert rel_err(block(x), _plain_block(block, x)) < tol
     with torch.enable_grad():  # training keeps InstanceNorm2d per branch: the same function
-        assert rel_err(block(x).detach(), _plain_block(block, x).detach()) < 1e-6
+        assert rel_err(block(x).detach(), _plain_block(block, x).detach()) < tol
 
 
 def test_shared_statistics_outputs_and_gradients():
@@ -127,9 +143,10 @@ def test_shared_statistics_outputs_and_gradients():
     ref_a, ref_b = F.relu(norm_a(x)), F.relu(norm_b(x))
     loss(ref_a, ref_b).backward()
     ref = {"x": x.grad, **{k: p.grad for k, p in norms.named_parameters()}}
-    assert rel_err(a.detach(), ref_a.detach()) < 1e-5 and rel_err(b.detach(), ref_b.detach()) < 1e-5
+    tol = rounding_tol(x.dtype, 3 * 6 * 7)  # the affine gradients sum over batch x H x W
+    assert rel_err(a.detach(), ref_a.detach()) < tol and rel_err(b.detach(), ref_b.detach()) < tol
     for k in ref:
-        assert rel_err(got[k], ref[k]) < 1e-5, k
+        assert rel_err(got[k], ref[k]) < tol, k
 
 
 def test_per_colour_chunks_equal_whole_batch():
