@@ -235,6 +235,45 @@ def test_file_size_limit_in_a_training_is_one_line(data, tmp_path):
     assert not leftovers
 
 
+RUN_WRITER = """
+import argparse, sys
+from utils.cli import ArgumentParser, run_main
+from utils.run import Run
+
+def build_parser():
+    p = ArgumentParser()
+    p.add_argument("folder")
+    p.add_argument("what")
+    return p
+
+def body(args):
+    run = Run(argparse.Namespace(checkpoints_dir=args.folder, exp_name="r", resume=False, load_epoch=None))
+    for step in range(100000):
+        if args.what == "log":
+            run.log("x" * 200)
+        else:
+            run.scalars({"train/loss": step}, step)
+            if step % 500 == 0:
+                run.writer.flush()
+
+sys.exit(run_main(build_parser, body))
+"""
+
+
+@pytest.mark.parametrize("what, name", [("log", "log.txt"), ("tensorboard", "tensorboard")])
+def test_a_full_log_or_tensorboard_file_is_one_line(tmp_path, what, name):
+    """log.txt used to print logging's traceback and go on without a log; TensorBoard's writer thread printed
+    one and the main thread raised a traceback."""
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))
+    proc = subprocess.run([sys.executable, "-c", RUN_WRITER, str(tmp_path), what], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and err.count("\n") == 0, err
+    assert err.startswith(f"error: cannot write {tmp_path / 'r' / name}") and "file too large" in err, err
+
+
 # --- 5. a signal during a save: the save completes, then exit 130/143 and one line -------------------------
 
 @pytest.mark.parametrize("sig, exc", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])

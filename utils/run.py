@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -257,6 +258,7 @@ class Run:
         if self._writer is None and self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
             folder = self.dir / "tensorboard"
+            _quiet_tensorboard_thread_errors()
             try:
                 self._writer = _CheckedCalls(SummaryWriter(log_dir=str(folder)), folder)
             except OSError as e:
@@ -356,6 +358,22 @@ class _LogFile(logging.FileHandler):
         if isinstance(error, OSError):
             raise write_error(self.baseFilename, error) from None
         super().handleError(record)
+
+
+def _quiet_tensorboard_thread_errors() -> None:
+    """TensorBoard's writer thread prints the traceback of a write that failed (a full disk), and the next call
+    in the main thread raises the same error, which _CheckedCalls turns into one line: the thread prints
+    nothing. Every other thread's error is printed as before. Installed once per process."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_tensorboard", False):
+        return
+
+    def hook(args):
+        if type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError):
+            return
+        previous(args)
+    hook.quiet_tensorboard = True
+    threading.excepthook = hook
 
 
 class _CheckedCalls:
