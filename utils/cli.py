@@ -311,6 +311,19 @@ _holding = {"active": False}
 
 
 @contextlib.contextmanager
+def _signals_blocked():
+    """SIGINT and SIGTERM kept pending (not lost) by the kernel while the block runs, where the OS allows."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
 def interrupts_deferred(message: str | None = None):
     """Hold Ctrl-C (SIGINT) and SIGTERM back while the block runs, for steps that must not stop half-way (a
     file being saved, a finished dataset moved into place); one that came meanwhile is raised at the end as
@@ -319,18 +332,19 @@ def interrupts_deferred(message: str | None = None):
     if threading.current_thread() is not threading.main_thread() or _holding["active"]:
         yield  # another thread, or inside a block that already holds (and raises at its end)
         return
-    caught = []
-    previous = {}
-    for sig in _HELD_SIGNALS:
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            previous[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
-    _holding["active"] = True
+    caught, previous = [], {}
     try:
+        with _signals_blocked():  # the handlers change as one step: no signal lands between two of them
+            _holding["active"] = True
+            for sig in _HELD_SIGNALS:
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    previous[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
         yield
     finally:
-        _holding["active"] = False
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        with _signals_blocked():
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            _holding["active"] = False
     if caught:
         raise (Terminated if caught[0] == signal.SIGTERM else KeyboardInterrupt)(message or "")
 
