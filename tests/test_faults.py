@@ -615,6 +615,22 @@ def test_the_same_paths_spelled_otherwise_are_no_change(data, run1, tmp_path, mo
     assert train_hypercut.main(argv) == 0
 
 
+def test_a_frozen_centre_network_is_part_of_the_model_and_starting_weights_are_the_runs(tmp_path):
+    """--center_path decides which part trains (fixed); --pretrained_path left out of a resume takes the run's."""
+    import argparse
+    from utils.errors import FlagError
+    from utils.run import check_resume_args
+    centre = tmp_path / "centre.pth"
+    centre.write_bytes(b"x")
+    saved = {"center_path": str(centre), "pretrained_path": "start.pth", "lr": 1e-4}
+    args = argparse.Namespace(center_path=None, pretrained_path=None, lr=1e-4, allow_changes=["center_path"])
+    with pytest.raises(FlagError, match="--center_path None differs from the run's"):
+        check_resume_args(saved, args, 3, "args.json")
+    args.center_path = os.path.relpath(centre)  # the same file, named otherwise
+    args.allow_changes = None
+    assert check_resume_args(saved, args, 3, "args.json") == {} and args.pretrained_path == "start.pth"
+
+
 # --- 6. tracebacks that became one line --------------------------------------------------------------------
 
 def test_train_hypercut_on_three_frame_sequences(tmp_path, capsys):

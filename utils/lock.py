@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from utils.checkpoint import write_error
 from utils.errors import UserError
 
 try:
@@ -57,9 +58,12 @@ class FolderLock:
     def acquire(self) -> "FolderLock":
         if fcntl is None or self.fd is not None:
             return self
-        self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(20):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                raise write_error(self.path, e) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -68,6 +72,9 @@ class FolderLock:
                 holder = f"process {pid}" if pid else "another process"
                 raise FolderBusy(f"{self.what} {self.folder} is in use by {holder} (its lock file {self.path}): "
                                  "wait for it to finish or stop it; two writers would mix their files") from None
+            except OSError:  # a file system without locks (some network ones): go on unlocked, as without fcntl
+                os.close(fd)
+                return self
             # The holder we waited for may have removed the file after we opened it: lock the file at the path.
             try:
                 same = os.path.samestat(os.fstat(fd), os.stat(self.path))

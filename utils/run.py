@@ -89,12 +89,12 @@ RESUME_FREE = {"epochs", "max_steps", "time_limit", "device", "num_workers", "va
                "exp_name", "dataset_name", "resume", "load_epoch", "allow_changes"}
 # the run folder's own records, not flags
 RESUME_RECORDS = {"resume_history", "resolved_paths", "trained_crop"}
-# fixed by the saved weights: the model and which of its parts train
+# fixed by the saved weights: the model and which of its parts train (a --center_path network is frozen)
 RESUME_FIXED = {"backbone", "width_mult", "center_width_mult", "stage", "middle_frame", "train_decoder", "train_center",
-                "out_dim", "f_func", "g_func", "slope", "lowpass"}
+                "center_path", "out_dim", "f_func", "g_func", "slope", "lowpass"}
 # these only choose a new run's starting weights; a resumed run takes its weights from the saved state
-STARTUP_ONLY = ("pretrained_path", "stage1_path", "center_path")
-PATH_FLAGS = ("metadata_root", "data_root", "hypercut_path") + STARTUP_ONLY
+STARTUP_ONLY = ("pretrained_path", "stage1_path")
+PATH_FLAGS = ("metadata_root", "data_root", "hypercut_path", "center_path") + STARTUP_ONLY
 # applied by restore_training_state: the optimiser and its schedule
 OPTIMISER_FLAGS = {"optimizer", "lr", "weight_decay", "decay_type", "lr_decay", "gamma"}
 
@@ -164,8 +164,8 @@ def check_resume_args(saved: dict, args, epoch: int, source: str) -> dict:
     fixed = [k for k in changes if k in RESUME_FIXED]
     if fixed:
         k = fixed[0]
-        raise FlagError(f"--resume: --{k} {changes[k][1]} differs from the run's {changes[k][0]}, and the saved "
-                        f"weights are for {changes[k][0]}: give the run's value, or start a new run with --exp_name")
+        raise FlagError(f"--resume: --{k} {changes[k][1]} differs from the run's {changes[k][0]}, which the saved "
+                        "weights and optimiser state are for: give the run's value, or start a new run with --exp_name")
     refused = [k for k in changes if k not in allowed]
     if refused:
         listed = ", ".join(f"--{k} {changes[k][0]} -> {changes[k][1]}" for k in refused)
@@ -201,7 +201,7 @@ class Run:
         if problem:
             raise RunFolderError(f"--checkpoints_dir/--exp_name: {problem}")
         if inputs is not None:
-            for flag in ("hypercut_path",) + (() if resuming else STARTUP_ONLY):
+            for flag in ("hypercut_path", "center_path") + (() if resuming else STARTUP_ONLY):
                 inputs.add_checkpoint(f"--{flag}", getattr(args, flag, None))
             check_folder_outputs("the run folder", self.dir, RUN_FILES, RUN_FOLDERS, inputs)
         orphans = []
