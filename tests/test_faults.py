@@ -87,6 +87,15 @@ def _sigint_default():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raising KeyboardInterrupt in this process, as under a terminal: a suite started in the background
+    without job control (`cmd &`, nohup) inherits SIGINT ignored, and an ignored signal stays ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 # --- 1. every write checked: a full disk or a file-size limit is one line, and the old file stays ----------
 
 def failing_writes(monkeypatch, code=errno.ENOSPC, after_bytes=0):
@@ -277,7 +286,7 @@ def test_a_full_log_or_tensorboard_file_is_one_line(tmp_path, what, name):
 # --- 5. a signal during a save: the save completes, then exit 130/143 and one line -------------------------
 
 @pytest.mark.parametrize("sig, exc", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
-def test_a_signal_during_a_save_is_held_until_the_file_is_complete(tmp_path, monkeypatch, sig, exc):
+def test_a_signal_during_a_save_is_held_until_the_file_is_complete(tmp_path, monkeypatch, ctrl_c_raises, sig, exc):
     path = tmp_path / "s.pth"
     real, sent = checkpoint_module._write_all, []
 
@@ -292,7 +301,7 @@ def test_a_signal_during_a_save_is_held_until_the_file_is_complete(tmp_path, mon
     assert torch.equal(load_checkpoint(path)["w"], torch.arange(1000.0)) and os.listdir(tmp_path) == ["s.pth"]
 
 
-def test_nested_holds_raise_once_at_the_outermost_end_and_ignored_signals_stay_ignored():
+def test_nested_holds_raise_once_at_the_outermost_end_and_ignored_signals_stay_ignored(ctrl_c_raises):
     with pytest.raises(KeyboardInterrupt, match="outer"):
         with interrupts_deferred("outer"):
             with interrupts_deferred("inner"):

@@ -351,7 +351,17 @@ def test_ctrl_c_in_prepare_dataset_leaves_nothing(tmp_path, capsys, monkeypatch)
     assert list(out.iterdir()) == []  # no metadata.json, no .incomplete
 
 
-def test_ctrl_c_during_the_final_moves_is_held_until_the_dataset_is_complete(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raising KeyboardInterrupt in this process, as under a terminal: a suite started in the background
+    without job control (`cmd &`, nohup) inherits SIGINT ignored, and a held signal that was ignored stays so."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_the_final_moves_is_held_until_the_dataset_is_complete(tmp_path, capsys, monkeypatch,
+                                                                              ctrl_c_raises):
     import datasets.writer as writer_module
     real = os.replace
 
