@@ -77,6 +77,10 @@ def build_parser() -> ArgumentParser:
                         "the blurry input only; copying the input is then not rewarded)")
     g.add_argument("--p_mode", default="pair", choices=("pair", "sequence"),
                    help="pPSNR/pSSIM: the paper's per-pair formula or the reference's whole-sequence one")
+    g.add_argument("--center_path", default=None,
+                   help="Jin, Purohit stage 2: start the middle (centre) network from this Jin or JinCenter checkpoint "
+                        "(or Jin's official folder); it is then frozen unless --train_center")
+    g.add_argument("--train_center", action="store_true", help="fine-tune the middle network loaded by --center_path")
     g.add_argument("--middle_frame", default="predicted", choices=("predicted", "gt"),
                    help="central frame of the backbone: its own prediction, or the ground truth's (an oracle)")
     g = parser.add_argument_group("Purohit")
@@ -88,22 +92,26 @@ def build_parser() -> ArgumentParser:
                    help="stage 2: weight of the distance between the BIE's and the RVE's embeddings")
     g.add_argument("--center_weight", type=float, default=1.0,
                    help="stage 2: weight of the Charbonnier term of a jointly trained centre network")
-    g.add_argument("--center_path", default=None,
-                   help="stage 2: the centre network's weights from a Jin checkpoint (or official folder); frozen")
-    g.add_argument("--train_center", action="store_true", help="stage 2: fine-tune the loaded centre network")
     g.add_argument("--center_width_mult", type=float, default=None,
                    help="width of the centre network (default --width_mult; 1.0 for Jin's official weights)")
     g.add_argument("--mu", type=float, default=0.02, help="weight of the flow regulariser (total variation)")
     return parser
 
 
-PUROHIT_ONLY = ("stage1_path", "train_decoder", "embed_weight", "center_path", "train_center", "center_width_mult")
+PUROHIT_ONLY = ("stage1_path", "train_decoder", "embed_weight", "center_width_mult")
 
 
 def check_args(args) -> None:
     check_flags(args)
     if args.loss_type == "hypercut" and not args.hypercut_path:
         raise FlagError("--loss_type hypercut needs --hypercut_path (a trained HyperCUT checkpoint)")
+    if args.train_center and not args.center_path:
+        raise FlagError("--train_center fine-tunes the middle network that --center_path loads: give --center_path")
+    if args.backbone == "JinCenter" and (args.loss_type not in ("naive", "order_inv") or args.middle_frame == "gt"):
+        raise FlagError("--backbone JinCenter trains the middle network alone on frame 4 (--target_frames 4): use "
+                        "--loss_type naive and the predicted middle frame")
+    if args.center_path and args.backbone not in ("Jin", "Purohit"):
+        raise FlagError(f"--center_path starts the middle network of a Jin or Purohit backbone, not {args.backbone}")
     if args.backbone != "Purohit":
         given = [f"--{k}" for k in PUROHIT_ONLY if getattr(args, k) not in (None, False, 0.0)]
         if given or args.stage != 2:
@@ -131,9 +139,10 @@ def build_datasets(args, num_frames: int):
     train_set = Blur2VidDataset(args.metadata_root, "train", augment=augment, limit=args.train_limit, **common)
     val_set = Blur2VidDataset(args.metadata_root, "val", augment=None, limit=args.val_limit, **common)
     if len(train_set.target_frames) != num_frames:
-        raise FlagError(f"the {args.backbone} backbone predicts {num_frames} frames, but the data gives "
-                        f"{len(train_set.target_frames)} (frames {train_set.target_frames}); pick {num_frames} "
-                        "with --target_frames")
+        example = "4" if num_frames == 1 else " ".join(str(k + 1) for k in range(num_frames))
+        raise FlagError(f"the {args.backbone} backbone predicts {num_frames} frame{'s' if num_frames > 1 else ''}, "
+                        f"but the data gives {len(train_set.target_frames)} (frames {train_set.target_frames}); pick "
+                        f"{num_frames} with --target_frames (e.g. --target_frames {example})")
     return train_set, val_set
 
 
@@ -174,13 +183,17 @@ def build_model(args, device):
     resuming = args.resume or args.load_epoch is not None
     if args.pretrained_path and not resuming:
         load_weights(model, args.pretrained_path, args, "--pretrained_path")
+    if args.backbone == "Jin" and args.center_path:
+        from models.backbones.jin import load_middle_network
+        if not resuming:
+            load_middle_network(model.center, args.center_path, f"--width_mult {args.width_mult:g}")
+        model.center.requires_grad_(args.train_center)
     if args.backbone == "Purohit":
         from models.backbones.purohit import load_center_from_jin
         if args.stage == 2 and args.stage1_path and not resuming and not args.pretrained_path:
             load_weights(model, args.stage1_path, args, "--stage1_path")
         if args.center_path and not resuming:
-            center = Path(args.center_path)
-            load_center_from_jin(model, center / "center_v3.pth" if center.is_dir() else center)
+            load_center_from_jin(model, args.center_path)
         predicted = args.middle_frame == "predicted"
         model.set_trainable(args.stage, train_decoder=args.train_decoder,
                             train_center=predicted and (args.train_center or not args.center_path))

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from models.backbones.jin import JinBackbone, load_official_jin
+from models.backbones.jin import JinBackbone, JinCenterBackbone, load_official_jin
 from models.backbones.purohit import PurohitBackbone
 from models.convention import InputConvention
 from utils.checkpoint import CheckpointError, load_checkpoint, state_dict_mismatch
@@ -61,6 +61,7 @@ register_backbone(BackboneEntry(
     "Jin", JinBackbone, ("width_mult",), load_official=load_official_jin,
     official_hint="a folder holding center_v3.pth, F35_N8.pth, F26_N9_from_F35_N8.pth and "
                   "F17_N9_from_F26_N9_from_F35_N8.pth"))
+register_backbone(BackboneEntry("JinCenter", JinCenterBackbone, ("width_mult",)))
 register_backbone(BackboneEntry(
     "Purohit", PurohitBackbone, ("width_mult", "center_width_mult", "feed_back_flow")))
 

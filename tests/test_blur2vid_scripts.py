@@ -656,3 +656,53 @@ def test_inference_input_errors(tmp_path, capsys):
     assert "not found" in err(clash / "a.png", pretrained=tmp_path / "nowhere.pth")
     assert "width_mult 0.125" in err(clash / "a.png", width_mult=1.0)
     assert not (tmp_path / "out").exists()  # nothing was written
+
+
+# --- Jin's middle network alone, and a Jin started from it -----------------------------------------------
+
+def test_new_jin_returns_its_middle_frame_everywhere():
+    """Each inner network starts as its reference (last conv zero): a new Jin predicts x4 for every frame."""
+    torch.manual_seed(0)
+    model = JinBackbone(0.125).eval()
+    with torch.no_grad():
+        frames = model(torch.rand(2, 3, 40, 40))["frames"]
+    for k in range(7):
+        assert torch.equal(frames[:, k], frames[:, 3])
+    assert float((frames[:, 3] - frames[:, 3].mean()).abs().mean()) > 1e-3
+
+
+def test_jin_center_backbone_trains_and_starts_a_jin(data, tmp_path, capsys):
+    """--backbone JinCenter --target_frames 4 trains the middle network alone; --center_path puts it into a Jin,
+    frozen (unchanged by training) unless --train_center; the outer networks train either way."""
+    history = run_train(train_argv(data, tmp_path, "centre", "--backbone", "JinCenter", "--target_frames", "4",
+                                   "--epochs", "1"))
+    assert len(history["losses"]) == 2 and math.isfinite(history["val"][1]["pPSNR"])
+    centre_ckpt = tmp_path / "centre" / "models" / "0001.pth"
+    centre = load_backbone(centre_ckpt)
+    assert centre.num_frames == 1 and type(centre).__name__ == "JinCenterBackbone"
+    blur = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert centre(blur)["frames"].shape == (1, 1, 3, SIZE, SIZE)
+
+    run_train(train_argv(data, tmp_path, "frozen", "--center_path", str(centre_ckpt), "--epochs", "1"))
+    frozen = load_backbone(tmp_path / "frozen" / "models" / "0001.pth")
+    for k, v in centre.center.state_dict().items():
+        assert torch.equal(frozen.center.state_dict()[k], v), k
+    fresh = JinBackbone(float(WIDTH))
+    assert any(not torch.equal(v, fresh.frame17.state_dict()[k]) for k, v in frozen.frame17.state_dict().items())
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(blur)["frames"][:, 3], centre(blur)["frames"][:, 0])
+
+    run_train(train_argv(data, tmp_path, "tuned", "--center_path", str(centre_ckpt), "--train_center", "--epochs", "1"))
+    tuned = load_backbone(tmp_path / "tuned" / "models" / "0001.pth")
+    assert any(not torch.equal(tuned.center.state_dict()[k], v) for k, v in centre.center.state_dict().items())
+
+    capsys.readouterr()
+    err = one_line_error(capsys, train_blur2vid.main, train_argv(data, tmp_path, "x", "--backbone", "JinCenter"))
+    assert "--target_frames 4" in err
+    err = one_line_error(capsys, train_blur2vid.main, train_argv(data, tmp_path, "x", "--train_center"))
+    assert "--center_path" in err
+    err = one_line_error(capsys, train_blur2vid.main,
+                         train_argv(data, tmp_path, "x", "--center_path", str(tmp_path / "frozen" / "models" / "0001.pth"),
+                                    "--width_mult", "0.25"))
+    assert "--width_mult 0.25" in err and "middle network" in err

@@ -7,7 +7,8 @@ import torch
 from losses.multiscale import PurohitLoss, flow_tv, multiscale_flow_tv
 from losses.naive import naive_loss
 from models.backbones.jin import JinBackbone
-from models.backbones.purohit import (PurohitBackbone, area_downscale, backward_warp, jin_center_state,
+from models.backbones.jin import middle_network_state as jin_center_state
+from models.backbones.purohit import (PurohitBackbone, area_downscale, backward_warp,
                                       load_center_from_jin, pyramid)
 from models.hypercut import HyperCUT
 from utils.checkpoint import CheckpointError

@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.backbones.jin import MiddleNetwork, _pad_to_multiple, _unwrap, _width
+from models.backbones.jin import MiddleNetwork, _pad_to_multiple, _width, load_middle_network
 from models.convention import RGB_UNIT
 from utils.checkpoint import CheckpointError, load_checkpoint
 
@@ -395,39 +395,7 @@ def _check_image(x, name: str) -> None:
 
 
 # --- the centre network from a Jin checkpoint -------------------------------------------------
-def jin_center_state(source) -> dict:
-    """The middle network's weights (MiddleNetwork keys) from: a Jin backbone's state dict
-    ("center.*" keys, "module." prefixes allowed), a checkpoint of this project holding one
-    ({"model": ...}), Jin's official center_v3.pth content ({"state_dict_G": ...}), or a path to
-    any of these files."""
-    where = str(source) if isinstance(source, (str, Path)) else "Jin state dict"
-    if isinstance(source, (str, Path)):
-        source = load_checkpoint(source)
-    if not isinstance(source, Mapping):
-        raise CheckpointError(f"{where}: expected a state dict, found {type(source).__name__}")
-    if "state_dict_G" in source:  # an official file: the middle network's keys are bare
-        return _unwrap(dict(source), where)
-    state = source.get("model", source)
-    if isinstance(source.get("backbone"), Mapping) and source["backbone"].get("name") not in (None, "Jin"):
-        raise CheckpointError(f"{where}: holds a {source['backbone']['name']} backbone, not Jin")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    center = {k[len("center."):]: v for k, v in state.items() if k.startswith("center.")}
-    if not center:
-        raise CheckpointError(f"{where}: no 'center.*' weights (not a Jin backbone's state dict)")
-    return center
-
-
 def load_center_from_jin(model: PurohitBackbone, source) -> None:
-    """Load the centre network from a Jin checkpoint (see jin_center_state); widths must agree
-    (model.center_width_mult)."""
-    state = jin_center_state(source)
-    own = model.center_net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        raise CheckpointError(f"not a Jin middle network: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise CheckpointError(f"Jin middle network {k} has shape {tuple(v.shape)}, this centre network "
-                                  f"expects {tuple(own[k].shape)} (center_width_mult={model.center_width_mult:g})")
-    model.center_net.load_state_dict(state, strict=True)
+    """Load the centre network from a Jin checkpoint (models.backbones.jin.middle_network_state); widths
+    must agree (model.center_width_mult)."""
+    load_middle_network(model.center_net, source, f"center_width_mult={model.center_width_mult:g}")
