@@ -25,6 +25,8 @@ included) without --overwrite, and the file is written to a temporary name and r
 """
 from __future__ import annotations
 
+import utils.threads  # noqa: F401  (first: OpenMP's wait policy, before torch loads)
+
 import dataclasses
 import os
 import sys

@@ -16,6 +16,8 @@ on small crops, which can do worse on whole images (docs/ordering.md section 10)
 """
 from __future__ import annotations
 
+import utils.threads  # noqa: F401  (first: OpenMP's wait policy, before torch loads)
+
 import sys
 import time
 from pathlib import Path

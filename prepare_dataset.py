@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import utils.threads  # noqa: F401  (first: OpenMP's wait policy, before torch loads)
+
 import os
 import sys
 from collections import Counter

@@ -17,6 +17,8 @@ sign(m . a) over directions a: 1 for an order that only looks at the motion, lik
 """
 from __future__ import annotations
 
+import utils.threads  # noqa: F401  (first: OpenMP's wait policy, before torch loads)
+
 import argparse
 import sys
 from pathlib import Path

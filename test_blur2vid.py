@@ -37,6 +37,8 @@ DIR/<entry id>/frame_k.png, the id percent-escaped so that every entry has its o
 """
 from __future__ import annotations
 
+import utils.threads  # noqa: F401  (first: OpenMP's wait policy, before torch loads)
+
 import sys
 from pathlib import Path
 

@@ -21,6 +21,8 @@ all three signs equal.
 """
 from __future__ import annotations
 
+import utils.threads  # noqa: F401  (first: OpenMP's wait policy, before torch loads)
+
 import sys
 
 from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check

@@ -35,6 +35,8 @@ last epoch, and training_states/ (latest.pth every epoch, NNNN.pth at validation
 """
 from __future__ import annotations
 
+import utils.threads  # noqa: F401  (first: OpenMP's wait policy, before torch loads)
+
 import sys
 from pathlib import Path
 

@@ -40,6 +40,8 @@ hit 0.99, con@2 0.94, con@3 0.93):
 """
 from __future__ import annotations
 
+import utils.threads  # noqa: F401  (first: OpenMP's wait policy, before torch loads)
+
 import sys
 
 from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
