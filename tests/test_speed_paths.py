@@ -13,7 +13,10 @@ from models.hypercut import HyperCUT, hypercut_loss
 
 
 def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
+    """Largest difference relative to the largest value of b; the plain difference where b is all zeros (a
+    gradient that is exactly zero, e.g. behind a zero-initialised layer)."""
+    diff, scale = (a - b).abs().max(), b.abs().max()
+    return (diff / scale).item() if scale > 0 else diff.item()
 
 
 def grads(model):
