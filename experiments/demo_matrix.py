@@ -7,7 +7,7 @@
 Rows: order_inv; the naive loss on the stored (random) order, the oracle's, the paper HyperCUT's and ours;
 the hypercut loss (alpha 0.2, the paper's, and 0.02) with each HyperCUT; pit. Every row is a narrow Jin
 started from the same shipped middle network (frozen), trained as run_demo.py trains its runs, for the
-demo's epochs ("demo") or three times as many ("long"); rows the demo already trained are read from it.
+demo's epochs ("demo") or twice as many ("long"); rows the demo already trained are read from it.
 Also runs the direction probe (probe_order.py) on every order. Writes OUT/matrix.json and OUT/matrix.md:
 per-frame pPSNR and pSSIM on the test split, frames 1/7, frame 4, which order each network's predictions
 follow, and the references (blur, pair mean, oracle warp, centre warp).
@@ -15,13 +15,12 @@ follow, and the references (blur, pair mean, oracle warp, centre warp).
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import run_demo  # noqa: E402
-from run_demo import ORDER_FILES, SETTINGS, entry, read_json, run_stage, train_args  # noqa: E402
+from run_demo import ORDER_FILES, SETTINGS, entry, read_json, run_chains, run_stage, train_args  # noqa: E402
 from utils.cli import ArgumentParser, run_main  # noqa: E402
 from utils.report import markdown_table, write_json  # noqa: E402
 
@@ -36,7 +35,7 @@ ROWS = [("order_inv", ["--loss_type", "order_inv"], "stored", "ext"),
         ("hypercut_ext_a0.2", ["--loss_type", "hypercut", "--alpha", "0.2"], "ext", "ext"),
         ("hypercut_ext_a0.02", ["--loss_type", "hypercut", "--alpha", "0.02"], "ext", "ext"),
         ("pit", ["--loss_type", "pit"], "stored", "ext")]
-BUDGETS = {"demo": 1, "long": 3}  # times the demo's epochs
+BUDGETS = {"demo": 1, "long": 2}  # times the demo's epochs
 
 
 def build_parser() -> ArgumentParser:
@@ -49,6 +48,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--rows", nargs="+", default=None, help="only these rows (default all)")
     p.add_argument("--device", default="auto")
     p.add_argument("--num_workers", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=None, help="trainings at once (default: one per CPU core)")
     return p
 
 
@@ -80,31 +80,38 @@ def main_body(args) -> int:
             run_stage("probe", "probe_order.py", ["--metadata_root", data, "--hypercut_path", hc["paper"], hc["ext"],
                                                   "--crop_size", "40", "--output_json", probe_json] + common[:2], log)
         result["probe"] = read_json(probe_json)
+        import os
+        jobs = args.jobs or min(os.cpu_count() or 1, len(rows))
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        plan = []  # (budget, epochs, name, order, hc_key, run_dir, result json, trained here)
+        chains = {}
         for budget in args.budgets:
             epochs = SETTINGS["full"]["jin_epochs"] * BUDGETS[budget]
-            table = {}
             for name, loss, order, hc_key in rows:
-                ckpts = (demo / "checkpoints") if budget == "demo" and (demo / "checkpoints" / f"jin_{name}").is_dir() \
-                    else out / f"checkpoints_{budget}"
+                in_demo = budget == "demo" and (demo / "checkpoints" / f"jin_{name}").is_dir()
+                ckpts = (demo / "checkpoints") if in_demo else out / f"checkpoints_{budget}"
                 run_dir = ckpts / f"jin_{name}"
-                extra = train_args(run_dir, epochs)
-                started = time.time()
-                if extra is not None:
-                    run_stage(f"train {name} ({budget})", "train_blur2vid.py",
-                              ["--metadata_root", data / ORDER_FILES[order], "--exp_name", run_dir.name,
-                               "--checkpoints_dir", ckpts, "--backbone", "Jin"] + loss
-                              + (["--hypercut_path", hc[hc_key]] if "hypercut" in loss else [])
-                              + jin_flags(epochs) + common + extra, log)
                 res_json = out / f"{budget}_{name}_test.json"
+                stages = []
+                extra = train_args(run_dir, epochs)
+                if extra is not None:
+                    stages.append((f"train {name} ({budget})", "train_blur2vid.py",
+                                   ["--metadata_root", data / ORDER_FILES[order], "--exp_name", run_dir.name,
+                                    "--checkpoints_dir", ckpts, "--backbone", "Jin"] + loss
+                                   + (["--hypercut_path", hc[hc_key]] if "hypercut" in loss else [])
+                                   + jin_flags(epochs) + common + extra))
                 if not res_json.exists():
-                    run_stage(f"test {name} ({budget})", "test_blur2vid.py",
-                              ["--metadata_root", data, "--pretrained_path", run_dir / "models" / f"{epochs:04d}.pth",
-                               "--hypercut_path", hc[hc_key], "--output_json", res_json, "--no_lpips"] + common, log)
-                res = read_json(res_json)
-                table[name] = {**entry(res), "order": order, "hypercut": hc_key,
-                               "order_of_predictions": res.get("order_of_predictions"),
-                               "train_minutes": round((time.time() - started) / 60, 2) if extra is not None else None}
-            result["budgets"][budget] = {"epochs": epochs, "runs": table}
+                    stages.append((f"test {name} ({budget})", "test_blur2vid.py",
+                                   ["--metadata_root", data, "--pretrained_path", run_dir / "models" / f"{epochs:04d}.pth",
+                                    "--hypercut_path", hc[hc_key], "--output_json", res_json, "--no_lpips"] + common))
+                chains[f"{budget}_{name}"] = stages
+                plan.append((budget, epochs, name, order, hc_key, res_json))
+        run_chains(chains, jobs, threads, out / "logs", log)
+        for budget, epochs, name, order, hc_key, res_json in plan:
+            res = read_json(res_json)
+            part = result["budgets"].setdefault(budget, {"epochs": epochs, "runs": {}})
+            part["runs"][name] = {**entry(res), "order": order, "hypercut": hc_key,
+                                  "order_of_predictions": res.get("order_of_predictions")}
     write_json(out / "matrix.json", result)
     (out / "matrix.md").write_text(report(result))
     print(report(result))

@@ -166,7 +166,7 @@ _RANGES = {
     "steps": (1, False, None), "subcrop_size": (1, False, None), "subcrops": (1, False, None),
     "crop_consistency": (0, False, None), "workers": (1, False, 256),
     # experiments/
-    "minutes": (0, True, None), "wide_epochs": (1, False, None),
+    "minutes": (0, True, None), "wide_epochs": (1, False, None), "jobs": (1, False, 256),
 }
 
 # Flags naming something a script writes: (kind, only when the script trains). Checked before any work,
