@@ -168,9 +168,11 @@ class Hyperplane(nn.Module):
         """
         if d.shape[-1] != self.dim:
             raise ValueError(f"hyperplane expects {self.dim}-d embeddings, got shape {tuple(d.shape)}")
-        d = d.to(torch.promote_types(d.dtype, torch.float32))  # score in at least float32 (e.g. under AMP)
-        w = self.hyperplane.to(d.dtype)
-        return d @ w[:-1] + w[-1] * d.sum(dim=-1)
+        # score in at least float32, also under autocast (which would otherwise run the matmul in bf16/fp16)
+        with torch.autocast(device_type=d.device.type, enabled=False):
+            d = d.to(torch.promote_types(d.dtype, torch.float32))
+            w = self.hyperplane.to(d.dtype)
+            return d @ w[:-1] + w[-1] * d.sum(dim=-1)
 
 
 G_FUNCS = {"Concat": ConcatG}

@@ -95,6 +95,36 @@ def test_hyperplane_formula():
     torch.testing.assert_close(plane(d), expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_scores_are_float32_under_autocast(dtype):
+    """Under autocast the score d . w is still computed in float32 (autocast would run the matmul in
+    bf16/fp16: a score error of about 0.1 on scores of about 20)."""
+    plane = Hyperplane(128)
+    d = torch.randn(64, 128, generator=torch.Generator().manual_seed(0)) * 3
+    exact = plane(d.double())
+    with torch.autocast("cpu", dtype=dtype):
+        inside = plane(d)
+    assert inside.dtype == torch.float32
+    err = (inside.double() - exact).abs().max().item()
+    assert err < 1e-4 * exact.abs().max().item(), err
+    # bf16/fp16 embeddings are scored in float32 too: the same as scoring their float32 values
+    with torch.autocast("cpu", dtype=dtype):
+        low = plane(d.to(dtype))
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, plane(d.to(dtype).float()))
+
+
+def test_model_scores_under_autocast_are_float32():
+    """A whole HyperCUT under CPU bf16 autocast: scores float32 and equal to scoring its own embeddings."""
+    torch.manual_seed(0)
+    model = build_hypercut({"out_dim": 16}).eval()
+    frames = torch.rand(2, 7, 3, 40, 40)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        d, scores = model.pair_scores(frames)
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores, model.score(d.float()), rtol=0, atol=1e-5)
+
+
 def test_hypercut_loss_by_hand():
     scores = torch.tensor([[1.0, -2.0, 0.5, 0.5, -1.0, 3.0],
                            [0.0, 1.0, 2.0, -1.0, 1.5, -0.5]])
