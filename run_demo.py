@@ -116,8 +116,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--num_workers", type=int, default=1, help="data loader workers of every stage (default 1)")
     p.add_argument("--jobs", type=int, default=None,
-                   help="deblurring runs trained at once, each on its share of the cores (default: all of them on a "
-                        "CPU, one thread each, about 2 GB of memory per run; 1 on a GPU)")
+                   help="deblurring runs trained at once, each on its share of the cores (default: one per CPU core "
+                        "on a CPU, 1 on a GPU)")
     return p
 
 
@@ -158,8 +158,9 @@ def run_chains(chains: dict, jobs: int, threads: int, logs: Path, log) -> None:
     """Run chains of stages {chain name: [(stage name, script, args), ...]}, up to `jobs` chains at once, the
     stages of a chain one after another, each process with `threads` torch threads; each chain's output goes
     to logs/<chain>.log. Small networks on a CPU use one core badly: two one-thread trainings side by side
-    do about 1.6x the work of one two-thread training (measured on 2 cores, narrow Jin, 40x40 crops), so on
-    a CPU every run starts at once, one thread each, and none waits for a free core at the end."""
+    do about 1.6x the work of one two-thread training (measured on 2 cores, narrow Jin, 40x40 crops), but more
+    processes than cores lose again: five one-thread runs on 2 cores took 175 s per epoch each (35 s per
+    run-epoch), two took 56-58 s (28-29 s per run-epoch)."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
     logs.mkdir(parents=True, exist_ok=True)
@@ -344,7 +345,7 @@ def main_body(args) -> int:
     ckpts = out / "checkpoints"
     cores = os.cpu_count() or 1
     on_cpu = args.device == "cpu" or (args.device == "auto" and not _cuda_available())
-    jobs = args.jobs or (len(cfg["runs"]) if on_cpu else 1)
+    jobs = args.jobs or (min(cores, len(cfg["runs"])) if on_cpu else 1)
     threads = max(1, cores // jobs)
     common = ["--device", args.device, "--num_workers", str(args.num_workers)]
     jin_flags = [REPO / a if a == CENTRE else a for a in cfg["jin"]]
