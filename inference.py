@@ -12,7 +12,7 @@ Each image, at its own size, gives OUTPUT/<image stem>/frame_1.png .. frame_7.pn
 file written to a temporary name and renamed; --gif adds frames.gif (the frames played forwards and
 back) and contact.png (blur | frames). --tile N predicts each image in N x N windows (overlaps averaged;
 'crop': the run's training crop size): for images too large for the device, and for networks trained
-on small crops, which can do worse on whole images (docs/ordering.md section 10).
+on small crops, which can do worse on whole images (lab/ordering.md section 10).
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent
 CENTRE = "weights/jin_centre_w025_deadleaves.pth"
 
 WORLD = ["--scene", "deadleaves", "--motion", "translation", "--travel", "6", "12"]
-# Our HyperCUT extension (docs/ordering.md): f reads a global motion estimate; sub-crops must agree.
+# Our HyperCUT extension (lab/ordering.md): f reads a global motion estimate; sub-crops must agree.
 EXT_HYPERCUT = ["--f_func", "FlowIm2Vec", "--crop_consistency", "2.0", "--batch_size", "8", "--lr", "1e-3"]
 # Deblurring runs: (name, loss flags, order): "stored" is the rendering's own direction (uniformly random),
 # "oracle" the recorded motion's (generate_order.py --oracle), "paper" / "ext" the order of the paper's
@@ -136,7 +136,8 @@ def shown_path(path: Path) -> str:
 
 
 def _argv(script: str, args: list) -> list[str]:
-    return [script] + [shown_path(a) if isinstance(a, Path) else str(a) for a in args]
+    """python's arguments: a script (x.py) or a module run with -m (any other name)."""
+    return ([script] if script.endswith(".py") else ["-m", script]) + [shown_path(a) if isinstance(a, Path) else str(a) for a in args]
 
 
 def run_stage(name: str, script: str, args: list, log) -> None:

@@ -72,7 +72,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--g_func", default="Concat", choices=sorted(G_FUNCS), help="pair joiner g")
     g.add_argument("--slope", type=float, default=REFERENCE_SLOPE,
                    help="negative slope of f's LeakyReLUs; 1.0 (identity) is the released model's")
-    x = parser.add_argument_group("our extensions (docs/ordering.md; off by default)")
+    x = parser.add_argument_group("our extensions (lab/ordering.md; off by default)")
     x.add_argument("--subcrop_size", type=int, default=None,
                    help="train on --subcrops random crops of this size taken from each training crop")
     x.add_argument("--subcrops", type=int, default=2, help="sub-crops per sequence (with --subcrop_size)")

@@ -234,7 +234,7 @@ class HyperCUT(nn.Module):
         self.hyperplane = Hyperplane(out_dim, seed=hyperplane_seed)
         self.input_convention = input_convention
         self.config = {"out_dim": int(out_dim), "f_func": f_func, "g_func": g_func, "slope": float(slope)}
-        # Our extension (docs/ordering.md): both frames low-passed before g and f, so that f can only use
+        # Our extension (lab/ordering.md): both frames low-passed before g and f, so that f can only use
         # what survives a motion blur. Recorded in the config only when on: the paper's model is unchanged.
         self.lowpass = float(lowpass)
         if self.lowpass > 0:

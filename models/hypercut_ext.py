@@ -1,4 +1,4 @@
-"""Our extensions to HyperCUT's ordering model (not in the paper; off by default). See docs/ordering.md.
+"""Our extensions to HyperCUT's ordering model (not in the paper; off by default). See lab/ordering.md.
 
 HyperCUT's loss only asks that a pair and its reverse land on opposite sides and that the nested pairs
 of a sequence agree. Nothing in it prefers a rule that a deblurring network can read from the blur,

@@ -161,11 +161,11 @@ _RANGES = {
     # Purohit (train_blur2vid.py)
     "mu": (0, False, None), "embed_weight": (0, False, None), "center_weight": (0, False, None),
     "center_width_mult": (0, True, 4.0), "stage": (1, False, 2),
-    # probe_order.py
+    # lab/probe_order.py
     "train_crops": (1, False, None), "test_crops": (1, False, None), "min_motion": (0, False, None),
     "steps": (1, False, None), "subcrop_size": (1, False, None), "subcrops": (1, False, None),
     "crop_consistency": (0, False, None), "workers": (1, False, 256),
-    # experiments/
+    # lab/experiments/
     "minutes": (0, True, None), "wide_epochs": (1, False, None), "jobs": (1, False, 256),
 }
 

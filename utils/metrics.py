@@ -107,7 +107,7 @@ _SSIM_TRUNCATE = 3.5  # skimage's choice: radius int(3.5 * 1.5 + 0.5) = 5, an 11
 _SSIM_K1, _SSIM_K2 = 0.01, 0.03
 # Image planes (one colour of one image) per chunk, in pixels: the five filtered maps of a chunk stay
 # within a CPU's cache (measured: 256K pixels was 1.4x faster at 720x1280 than 1M, and 3x faster at
-# 128x128 than 4M; benchmarks/results/metrics_speed.md). Also bounds memory for large frames.
+# 128x128 than 4M; lab/benchmarks/results/metrics_speed.md). Also bounds memory for large frames.
 _SSIM_CHUNK_PIXELS = 1 << 18
 
 
