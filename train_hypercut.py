@@ -61,7 +61,14 @@ from utils.training import add_speed_args, denormals_flushed, fit, seed_everythi
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__)
+    parser = ArgumentParser(
+        description="Train the HyperCUT ordering model (an encoder f and a fixed hyperplane) on the sharp frames of a "
+                    "dataset; the run goes to <checkpoints_dir>/<exp_name>/.",
+        epilog="examples:\n"
+               "  python train_hypercut.py --metadata_root data/synthetic --exp_name hypercut_syn --crop_size 64 \\\n"
+               "      --batch_size 8 --lr 5e-5 --epochs 24 --decay_type step_12_18_22 --gamma 0.5 --val_epoch 4\n"
+               "  python train_hypercut.py --metadata_root data/synthetic --exp_name hypercut_syn --resume\n"
+               "  torchrun --nproc_per_node 4 train_hypercut.py --metadata_root data/reds     # one process per GPU")
     add_data_args(parser, limits=("train", "val"))
     add_runtime_args(parser, batch_size=8)
     add_train_args(parser, epochs=100, lr=5e-4, crop_size=256, val_epoch=5, display_step=100, images=False)

@@ -128,7 +128,7 @@ def add_speed_args(parser) -> None:
                         "losses are computed in float32")
     g.add_argument("--channels_last", action="store_true", help="channels-last memory format (pays on GPUs)")
     g.add_argument("--skip_nonfinite", type=int, default=0,
-                   help="skip up to N batches whose loss is not finite (default 0: the first one stops the run)")
+                   help="skip up to N batches whose loss is not finite (default: 0, the first one stops the run)")
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
