@@ -39,9 +39,16 @@ SOURCES = ("stored", "oracle", "hypercut")
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(description=__doc__)
+    p = ArgumentParser(
+        description="Direction probe: can a small CNN read an order (stored, oracle, a HyperCUT's) from the blurry "
+                    "image alone? Held-out agreement after each of --steps (lab/ordering.md section 1).",
+        epilog="examples:\n"
+               "  python -m lab.probe_order --metadata_root data/synthetic                  # stored order and the oracle\n"
+               "  python -m lab.probe_order --metadata_root data/synthetic --hypercut_path "
+               "checkpoints/hc/models/0024.pth --output_json probe.json")
     p.add_argument("--metadata_root", required=True, help="dataset root holding metadata.json (or the file itself)")
-    p.add_argument("--data_root", default=None, help="resolve relative paths against this folder instead")
+    p.add_argument("--data_root", default=None,
+                   help="resolve relative paths against this folder instead (default: the metadata file's folder)")
     p.add_argument("--sources", nargs="+", default=None, choices=SOURCES,
                    help="order sources to probe (default: stored oracle, plus hypercut with --hypercut_path)")
     p.add_argument("--hypercut_path", nargs="+", default=[], help="HyperCUT checkpoints, one column each")
@@ -50,13 +57,13 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--test_crops", type=int, default=4, help="random crops per held-out sequence")
     p.add_argument("--min_motion", type=float, default=1.0, help="drop crops whose measured |m| is smaller (pixels)")
     p.add_argument("--steps", type=int, nargs="+", default=[100, 200, 400], help="report after these steps")
-    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--batch_size", type=int, default=32, help="crops per probe step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the probe")
-    p.add_argument("--train_split", default="train")
+    p.add_argument("--train_split", default="train", help="split the probe trains on")
     p.add_argument("--eval_split", default="test", help="held-out split")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the crops and the probe's weights")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--output_json", default=None, help="write every figure here")
+    p.add_argument("--output_json", default=None, help="write every figure here (default: print only)")
     return p
 
 

@@ -18,11 +18,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ("generate_order", "inference", "prepare_dataset", "run_demo", "test_blur2vid",
-           "test_hypercut", "train_blur2vid", "train_hypercut")
-LAB = tuple(sorted(".".join(p.relative_to(REPO).with_suffix("").parts) for p in (REPO / "lab").rglob("*.py")
-                   if "def build_parser" in p.read_text()))
+from _cli import LAB_SCRIPTS, REPO, SCRIPTS
+
 DOCS = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md")) + sorted((REPO / "lab").glob("*.md"))
 
 _FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
@@ -110,14 +107,14 @@ def check_call(name: str, args: str, parsers) -> list[str]:
         if not token.startswith("--") or token == "--":
             continue
         flag, _, inline_value = token.partition("=")
-        flag = flag.rstrip("],.;:)")
+        flag = flag.rstrip("],.;:)`")
         if flag not in known:
             problems.append(f"{shown}: unknown flag {flag}")
             continue
         action = known[flag]
         value = inline_value or (tokens[i + 1] if i + 1 < len(tokens) else "")
         if action.choices is not None and action.nargs != 0 and _is_literal(value):
-            value = value.rstrip("],.;:)")
+            value = value.rstrip("],.;:)`")
             if value not in action.choices and str(value) not in map(str, action.choices):
                 problems.append(f"{shown}: {flag} {value!r} is not one of {list(action.choices)}")
     return problems
@@ -165,7 +162,7 @@ def test_the_reader_finds_lab_modules_and_refuses_lab_paths(tmp_path):
     assert check_call("lab.probe_order", "--crop_sise 0", _parsers("lab.probe_order")) == \
         ["lab.probe_order: unknown flag --crop_sise"]
     assert _LAB_PATH.findall(doc.read_text()) == ["lab/probe_order.py"]
-    assert "lab.probe_order" in LAB and "lab.experiments.order_matrix" in LAB and "lab.benchmarks.bench" in LAB
+    assert {"lab.probe_order", "lab.experiments.order_matrix", "lab.benchmarks.bench"} <= set(LAB_SCRIPTS)
 
 
 @pytest.mark.parametrize("doc", DOCS + ["script docstrings"], ids=lambda p: getattr(p, "name", p))
@@ -177,8 +174,8 @@ def test_documented_commands_match_the_parsers(doc):
         problems += [f"{doc.name}: `python {p}`: run lab scripts as modules (python -m lab....)"
                      for p in _LAB_PATH.findall(doc.read_text())]
     for name, args, where in calls:
-        if name not in SCRIPTS and name not in LAB:
-            problems.append(f"{where}: {name}: no such lab module with a build_parser (known: {', '.join(LAB)})")
+        if name not in SCRIPTS and name not in LAB_SCRIPTS:
+            problems.append(f"{where}: {name}: no lab module with a build_parser (known: {', '.join(LAB_SCRIPTS)})")
             continue
         if name not in parsers:
             parsers[name] = _parsers(name)

@@ -14,7 +14,6 @@ against a loop of one pair at a time (the authors' test loop), and SSIM against 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import importlib
@@ -37,6 +36,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from lab.benchmarks.machine import cpu_name
+from utils.cli import ArgumentParser
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -560,17 +560,29 @@ def render(args, device, rows, scoring, ssim_rows, matmul, notes, peak_method, l
     return "\n".join(out) + "\n"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        description="Speed, memory and FLOPs of every model (a training step and inference), against the code of "
+                    f"the tag {BASELINE_TAG} on the same weights; HyperCUT scoring and SSIM beside their references.",
+        epilog="examples:\n"
+               "  python -m lab.benchmarks.bench                       # auto device, writes lab/benchmarks/RESULTS.md\n"
+               "  python -m lab.benchmarks.bench --device cpu --quick --threads 2 --out /tmp/bench.md")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--quick", action="store_true", help="small inputs and few repeats (a smoke run)")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="where to write the markdown results")
+    p.add_argument("--out", default=str(DEFAULT_OUT),
+                   help="where to write the markdown results (default: lab/benchmarks/RESULTS.md)")
     p.add_argument("--baseline", default="auto",
                    help=f"'auto' (git archive of tag {BASELINE_TAG}), 'none', or a folder holding that code")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per step (default 5, CUDA 10, quick 3)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per step (default: 5, CUDA 10, quick 3)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--cases", nargs="*", default=None, help=f"models to run (default all: {[c.name for c in CASES]})")
+    p.add_argument("--cases", nargs="*", default=None,
+                   help=f"models to run (default: all, {' '.join(c.name for c in CASES)})")
     p.add_argument("--no_extras", action="store_true", help="skip the scoring and SSIM comparisons")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else

@@ -10,7 +10,6 @@ CPU time divided by the share of the cores this process gets.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import resource
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 from datasets.metadata import check_files, check_workers, metadata_file, parse_entries, read_metadata
+from utils.cli import ArgumentParser
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,11 +29,18 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data/synthetic")
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        description="Time of the pre-training image check on a whole dataset: every image decoded (one thread, the "
+                    "thread pool) and headers only; appends to lab/benchmarks/results/check_speed.md.",
+        epilog="example:\n  python -m lab.benchmarks.check_speed --data data/synthetic --no_write")
+    p.add_argument("--data", default="data/synthetic", help="dataset root")
     p.add_argument("--no_write", action="store_true", help="print only")
-    args = p.parse_args()
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     meta = read_metadata(args.data)
     root = metadata_file(args.data).parent
     images = sum(1 + meta.get("frame_per_seq", 7) for _ in meta["data"])

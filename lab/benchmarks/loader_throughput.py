@@ -19,7 +19,6 @@ each with DataLoader num_workers in --workers. Ratios are against `pil` at the s
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import platform
@@ -37,6 +36,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from lab.benchmarks.machine import cpu_name
+from utils.cli import ArgumentParser
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -106,24 +106,33 @@ def measure(dataset, workers: int, batch_size: int, batches: int) -> tuple:
     return n / elapsed, (1000.0 * cpu / n if workers == 0 else None)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--height", type=int, default=720)
-    p.add_argument("--width", type=int, default=1280)
-    p.add_argument("--videos", type=int, default=4)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        description="Training-loader throughput (samples/s of blur + sharp-frame crops) against a plain PIL loader, "
+                    "on frames of a realistic size; appends to lab/benchmarks/results/loader_throughput.md.",
+        epilog="example:\n  python -m lab.benchmarks.loader_throughput --height 480 --width 640 --batches 4 "
+               "--workers 0 2 --no_write")
+    p.add_argument("--height", type=int, default=720, help="frame height")
+    p.add_argument("--width", type=int, default=1280, help="frame width")
+    p.add_argument("--videos", type=int, default=4, help="videos rendered")
     p.add_argument("--windows", type=int, default=6, help="sequences per video (7 frames each)")
-    p.add_argument("--crop", type=int, default=256)
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--crop", type=int, default=256, help="training crop (square)")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader num_workers to time")
+    p.add_argument("--batch_size", type=int, default=4, help="sequences per batch")
     p.add_argument("--batches", type=int, default=5, help="timed batches per figure (after one warm-up batch)")
     p.add_argument("--repeats", type=int, default=2, help="rounds over all loaders; the best round counts")
     p.add_argument("--threads", type=int, default=1, help="torch threads in the main process (workers use 1)")
     p.add_argument("--loaders", nargs="+", default=["pil", "decode", "train", "train_all"],
-                   choices=["pil", "decode", "train", "train_all"])
-    p.add_argument("--data", default=None, help="reuse (or keep) the generated dataset in this folder")
+                   choices=["pil", "decode", "train", "train_all"], help="loaders to time")
+    p.add_argument("--data", default=None,
+                   help="reuse (or keep) the generated dataset in this folder (default: a temporary one)")
     p.add_argument("--no_write", action="store_true", help=f"do not update {RESULTS.relative_to(REPO)}")
-    p.add_argument("--label", default="", help="a note for the results section (e.g. 'before')")
-    args = p.parse_args(argv)
+    p.add_argument("--label", default="", help="a note for the results section (e.g. 'before'; default: none)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
 
     import prepare_dataset

@@ -17,7 +17,6 @@ jobs on the machine), best of --repeats, with --threads torch threads.
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 import time
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
 from lab.benchmarks.machine import cpu_name
+from utils.cli import ArgumentParser
 from utils import metrics as M
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,12 +74,19 @@ def cpu_time(fn, repeats: int) -> tuple[float, object]:
     return best, out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        description="Speed of the evaluation metrics: SSIM three ways (equal values) and a whole SequenceMetrics "
+                    "update, in process CPU seconds; appends to lab/benchmarks/results/metrics_speed.md.",
+        epilog="example:\n  python -m lab.benchmarks.metrics_speed --threads 2 --no_write")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs; the best counts")
     p.add_argument("--no_write", action="store_true", help=f"do not update {RESULTS.relative_to(REPO)}")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     rows = []

@@ -78,16 +78,26 @@ def wave(jobs: list, workers: int, deadline: float) -> dict:
     return {**{n: True for n, c, _ in jobs if c is None}, **results}
 
 
-def main(argv=None) -> int:
-    p = ArgumentParser(description=__doc__)
-    p.add_argument("--out", default=os.environ.get("BACKBONE_TABLE_OUT", "results/backbones"))
-    p.add_argument("--work", default=None, help="data and checkpoints (default runs/backbone_table[_tiny])")
-    p.add_argument("--tiny", action="store_true")
-    p.add_argument("--device", default="auto")
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        description="Jin and Purohit side by side on the embedded dataset with the naive, order_inv and hypercut "
+                    "losses at one budget: OUT/backbones.md and .json (rerun to resume).",
+        epilog="examples:\n"
+               "  python -m lab.experiments.backbone_table --out results/backbones                  # a GPU: minutes\n"
+               "  python -m lab.experiments.backbone_table --tiny --device cpu --out /tmp/bt         # every stage, tiny")
+    p.add_argument("--out", default=os.environ.get("BACKBONE_TABLE_OUT", "results/backbones"),
+                   help="results and logs (default: $BACKBONE_TABLE_OUT, else results/backbones)")
+    p.add_argument("--work", default=None, help="data and checkpoints (default: runs/backbone_table[_tiny])")
+    p.add_argument("--tiny", action="store_true", help="a tiny dataset and 1-epoch runs: checks every stage")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--jobs", type=int, default=4, help="commands at once")
     p.add_argument("--num_workers", type=int, default=2, help="loader workers of each command")
     p.add_argument("--deadline", type=float, default=420, help="seconds; nothing runs past it")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     budget = BUDGETS["tiny" if args.tiny else "demo"]
     out = Path(args.out).resolve()
     work = Path(args.work or ("runs/backbone_table_tiny" if args.tiny else "runs/backbone_table")).resolve()

@@ -39,13 +39,14 @@ BUDGETS = {"demo": 1, "long": 2}  # times the demo's epochs
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(description="The order matrix on the demo's world (after run_demo.py).",
                        epilog="example:\n  python -m lab.experiments.demo_matrix --demo runs/demo --out runs/demo_matrix")
-    p.add_argument("--demo", default="runs/demo", help="the output folder of a finished run_demo.py (default runs/demo)")
+    p.add_argument("--demo", default="runs/demo", help="the output folder of a finished run_demo.py")
     p.add_argument("--data", default=None, help="its dataset (default: the full config's, data/deadleaves)")
-    p.add_argument("--out", default="runs/demo_matrix", help="default runs/demo_matrix")
-    p.add_argument("--budgets", nargs="+", default=["demo", "long"], choices=sorted(BUDGETS))
-    p.add_argument("--rows", nargs="+", default=None, help="only these rows (default all)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num_workers", type=int, default=1)
+    p.add_argument("--out", default="runs/demo_matrix", help="output folder")
+    p.add_argument("--budgets", nargs="+", default=["demo", "long"], choices=sorted(BUDGETS),
+                   help="demo: the demo's epochs; long: twice as many")
+    p.add_argument("--rows", nargs="+", default=None, help="only these rows (default: all)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--num_workers", type=int, default=1, help="data loader workers of every stage")
     p.add_argument("--jobs", type=int, default=None, help="trainings at once (default: one per CPU core)")
     return p
 

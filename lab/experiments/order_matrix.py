@@ -468,21 +468,28 @@ def write_report(args, work: Path, out: Path, jobs: list) -> None:
     print("\n".join(lines))
 
 
-def main(argv=None) -> int:
-    p = ArgumentParser(description=__doc__)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        description="The whole ordering study in one resumable command: dataset, HyperCUTs, direction probes, the "
+                    "deblurring matrix at several budgets, OUT/matrix.md and figures (lab/ordering.md section 7).",
+        epilog="examples:\n"
+               "  python -m lab.experiments.order_matrix --out $OUT              # one GPU: about 6 min a call; rerun\n"
+               "  python -m lab.experiments.order_matrix --tiny --out /tmp/om    # every stage at a tiny scale, CPU")
     p.add_argument("--out", default=os.environ.get("ORDER_MATRIX_OUT"),
                    help="results folder (default: $ORDER_MATRIX_OUT)")
-    p.add_argument("--work", default=None, help="data and checkpoints (default runs/order_matrix[_tiny])")
+    p.add_argument("--work", default=None, help="data and checkpoints (default: runs/order_matrix[_tiny])")
     p.add_argument("--tiny", action="store_true", help="tiny dataset and 2-step runs: checks every stage on CPU")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--jobs", type=int, default=None, help="commands at once (default 8 on CUDA, 2 on CPU)")
-    p.add_argument("--num_workers", type=int, default=None, help="data loader workers per training (default 1; tiny 0)")
-    p.add_argument("--threads", type=int, default=None, help="OMP threads per command (default 2; tiny 1)")
+    p.add_argument("--jobs", type=int, default=None, help="commands at once (default: 8 on CUDA, 2 on CPU)")
+    p.add_argument("--num_workers", type=int, default=None,
+                   help="data loader workers per training (default: 1; tiny 0)")
+    p.add_argument("--threads", type=int, default=None, help="OMP threads per command (default: 2; tiny 1)")
     p.add_argument("--data_workers", type=int, default=None, help="dataset rendering processes (default: CPU count)")
     p.add_argument("--launch_deadline", type=float, default=None,
-                   help="start no command after this many seconds, evaluations excepted (default 300; none with --tiny)")
+                   help="start no command after this many seconds, evaluations excepted "
+                        "(default: 300; none with --tiny)")
     p.add_argument("--deadline", type=float, default=None,
-                   help="stop running commands after this many seconds (default 340, or the launch deadline + "
+                   help="stop running commands after this many seconds (default: 340, or the launch deadline + "
                         "--minutes + 2 min with --budgets wide; none with --tiny)")
     p.add_argument("--ablations", action="store_true", default=None,
                    help="also train the ablation HyperCUTs for the probe (default: on, except --tiny)")
@@ -498,7 +505,11 @@ def main(argv=None) -> int:
     p.add_argument("--wide_epochs", type=int, default=None,
                    help="also stop each wide run after this many epochs (22 steps each), so that rows run in "
                         "different calls see the same batches; default: --minutes alone")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     from utils.cli import check_flags
     from utils.errors import FlagError
     try:

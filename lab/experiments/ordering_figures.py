@@ -37,8 +37,13 @@ def labelled(values: list, flag: str) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    p = ArgumentParser(description=__doc__)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        description="Figures of lab/ordering.md from finished runs: probe plot, per-frame pPSNR plot, contact sheets "
+                    "and GIFs, and which order each model's predictions follow.",
+        epilog="example:\n"
+               "  python -m lab.experiments.ordering_figures --out /tmp/figs --result \"naive=results/jin_naive.json\" "
+               "\\\n      --model \"naive=checkpoints/jin_naive/models/0012.pth\" --metadata_root data/synthetic")
     p.add_argument("--out", required=True, help="folder for the figures")
     p.add_argument("--probe", default=None, help="a lab/probe_order.py --output_json file")
     p.add_argument("--result", action="append", default=[], help="LABEL=test_blur2vid JSON (per-frame plot)")
@@ -49,8 +54,12 @@ def main(argv=None) -> int:
     p.add_argument("--sequences", type=int, nargs="+", default=[0], help="test-split indices to show")
     p.add_argument("--title", default=None, help="title of the per-frame plot")
     p.add_argument("--scale", type=float, default=1.0, help="size of the contact sheets (1: one pixel per pixel)")
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         results, models = labelled(args.result, "--result"), labelled(args.model, "--model")
         hypercuts = labelled(args.hypercut, "--hypercut")

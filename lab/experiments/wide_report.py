@@ -58,16 +58,25 @@ def read_log(path: Path) -> dict:
     return {"epoch": epochs, "step": steps, "loss": loss}
 
 
-def main(argv=None) -> int:
-    p = ArgumentParser(description=__doc__)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        description="The report of a full-width (order_matrix --budgets wide) device run from its returned files: "
+                    "a markdown table, a JSON summary, the per-frame pPSNR plot and the training-loss curves.",
+        epilog="example:\n"
+               "  python -m lab.experiments.wide_report --results lab/results/wide_h100 --out /tmp/wide_h100.md "
+               "--figures /tmp/figs --prefix h100_wide")
     p.add_argument("--results", required=True,
                    help="folder with jin_wide_<row>.json/.csv, *_log.txt, blur.json (and, optional, pair_mean.json "
                         "and tiled/jin_wide_<row>.json: test_blur2vid.py --tile crop)")
     p.add_argument("--out", required=True, help="markdown report to write (a .json beside it)")
     p.add_argument("--figures", required=True, help="folder for the two PNGs")
     p.add_argument("--prefix", default="wide", help="file name prefix of the PNGs")
-    p.add_argument("--card", default="", help="the GPU's name, for the titles")
-    args = p.parse_args(argv)
+    p.add_argument("--card", default="", help="the GPU's name, for the titles (default: none)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     from utils.checkpoint import atomic_write_text
     from utils.figures import curves_plot, per_frame_plot
     from utils.order_eval import outer_frames
