@@ -1,4 +1,4 @@
-"""Give every sequence of a dataset its canonical order with a trained HyperCUT (SPEC 2 and 4).
+"""Give every sequence of a dataset its canonical order with a trained HyperCUT.
 
   python generate_order.py --dataset_name syn --metadata_root data/synthetic \
       --pretrained_path checkpoints/hc/models/0100.pth --save_path data/synthetic/metadata_ordered.json

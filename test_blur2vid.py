@@ -1,4 +1,4 @@
-"""Evaluate a deblurring backbone on a split: pPSNR, pSSIM, pLPIPS and PSNR, SSIM, LPIPS per frame (SPEC 8).
+"""Evaluate a deblurring backbone on a split: pPSNR, pSSIM, pLPIPS and PSNR, SSIM, LPIPS per frame.
 
   python test_blur2vid.py --dataset_name syn --metadata_root data/synthetic --backbone Jin      # order_inv run
   python test_blur2vid.py --dataset_name syn --metadata_root data/synthetic --backbone Jin \\

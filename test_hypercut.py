@@ -1,4 +1,4 @@
-"""Evaluate a HyperCUT ordering model on a split: hit and consistency rates (SPEC 4).
+"""Evaluate a HyperCUT ordering model on a split: hit and consistency rates.
 
   python test_hypercut.py --dataset_name syn --metadata_root data/synthetic --pretrained_path checkpoints/hc/models/0100.pth
   python test_hypercut.py --metadata_root data/reds --pretrained_path hypercut_reds.pth --output_json r.json

@@ -1,4 +1,5 @@
-"""Train a deblurring backbone (image -> 7 frames) with --loss_type naive, order_inv, hypercut (SPEC 7) or pit (ours).
+"""Train a deblurring backbone (image -> 7 frames) with --loss_type naive, order_inv, hypercut (the
+paper's) or pit (ours).
 
   python train_blur2vid.py --dataset_name syn --metadata_root data/synthetic --backbone Jin --loss_type order_inv
   python train_blur2vid.py --dataset_name syn --metadata_root data/synthetic --backbone Jin --loss_type hypercut \\

@@ -1,4 +1,4 @@
-"""Train the HyperCUT ordering model (SPEC 4) on the sharp frames of a dataset.
+"""Train the HyperCUT ordering model on the sharp frames of a dataset.
 
   python train_hypercut.py --dataset_name syn --metadata_root data/synthetic
   python train_hypercut.py --dataset_name syn --metadata_root data/synthetic --resume
@@ -11,7 +11,7 @@ metadata's "name").
 Each training sequence (B, 7, 3, H, W) gives the pairs P1 = (x1, x7), P2 = (x2, x6), P3 = (x3, x5) and
 their reverses; the six pairs go through f in one batched call, and the loss pushes each pair and its
 reverse to opposite sides of the fixed hyperplane while keeping the three nested pairs on one side.
-Only the sharp frames are used. Training frames get the SPEC 9 augmentations (the same draw for every
+Only the sharp frames are used. Training frames get the reference's augmentations (the same draw for every
 frame of a sequence); validation uses full images without augmentation.
 
 The model takes the reference's input convention (BGR, ImageNet mean/std), recorded in every
@@ -23,7 +23,7 @@ models.hypercut.load_hypercut, test_hypercut.py and generate_order.py) every --v
 the last epoch, and training_states/ (latest.pth every epoch, NNNN.pth at validation epochs) from
 which --resume continues with the same losses as an uninterrupted run (on CPU).
 
-Learning rate. The default is the reference's (Adamax 5e-4, SPEC 9). With the released activation
+Learning rate. The default is the reference's (Adamax 5e-4). With the released activation
 (slope 1.0) f is linear up to its residual blocks, and Adamax's first steps move every weight by about
 lr, so at 5e-4 (and 1e-4) the first steps rescale all scores by large factors; the loss then settles in
 its saddle at zero scores (loss ln 2 = 0.693, val hit near 0), where the gradients vanish and Adamax's

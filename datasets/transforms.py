@@ -1,4 +1,4 @@
-"""Image reading and the training augmentations (SPEC 9).
+"""Image reading and the training augmentations (the reference's).
 
 Augmentations act on a stack (T+1, 3, H, W) holding the blurry image first and every sharp frame, so
 the blurry image and the frames get identical parameters: the same affine, crop and jitter factors.

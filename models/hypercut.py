@@ -1,4 +1,4 @@
-"""HyperCUT ordering model (SPEC 4): g joins two frames, f embeds the pair, a fixed hyperplane scores it.
+"""HyperCUT ordering model: g joins two frames, f embeds the pair, a fixed hyperplane scores it.
 
 A pair of frames (x_i, x_j) of a sharp sequence maps to d = f(g(x_i, x_j)) in R^D; the hyperplane's
 score h(d) should have opposite signs for a pair and its reverse, and the same sign for the nested

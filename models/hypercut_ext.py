@@ -2,8 +2,9 @@
 
 HyperCUT's loss only asks that a pair and its reverse land on opposite sides and that the nested pairs
 of a sequence agree. Nothing in it prefers a rule that a deblurring network can read from the blur,
-and on the embedded dataset the rules it finds are not readable (FINDINGS 1). Two additions aim at a
-rule based on the global motion, which the blur does show (its axis, if not its sign):
+and on the embedded dataset the rules it finds are not readable (a probe reads the paper model's order at
+chance, lab/ordering.md section 1). Two additions aim at a rule based on the global motion, which the
+blur does show (its axis, if not its sign):
 
 * Crop consistency (`--crop_consistency W`): K random sub-crops of each training sequence must land on
   the same side: W * mean over crop pairs of softplus(-h(d1 of crop a) h(d1 of crop b)) is added to the

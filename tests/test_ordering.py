@@ -1,4 +1,4 @@
-"""Issue 11: recorded motion and the oracle order, the pit loss, our HyperCUT extensions, the probe."""
+"""The ordering study: recorded motion and the oracle order, the pit loss, our HyperCUT extensions, the probe."""
 import json
 import math
 

@@ -2,7 +2,7 @@
 
 - `ArgumentParser`: argparse whose errors are one line (`error: ...`, exit 2), not a usage block.
 - Flag groups the scripts share, each flag declared once: `add_runtime_args` (--device, --batch_size,
-  --num_workers), `add_data_args`, `add_train_args`; the reference's shared parser (SPEC 9) is covered
+  --num_workers), `add_data_args`, `add_train_args`; the reference's shared parser is covered
   by them with its flag names and meanings, plus this project's own flags.
 - `check_flags`: every numeric flag a script has is checked for range and finiteness before any work.
 - `run_main`: the scripts' main(): a `UserError` becomes one `error: ...` line (exit 2), Ctrl-C one line
@@ -113,7 +113,7 @@ def add_data_args(parser: argparse.ArgumentParser, *, limits=("train", "val", "t
 def add_train_args(parser: argparse.ArgumentParser, *, epochs: int = 100, lr: float = 5e-4,
                    crop_size: int = 256, val_epoch: int = 5, display_step: int = 100,
                    images: bool = True) -> None:
-    """Run folder, schedule and optimisation: the reference's flags (SPEC 9 defaults) and ours."""
+    """Run folder, schedule and optimisation: the reference's flags (with its defaults) and ours."""
     g = parser.add_argument_group("run")
     g.add_argument("--exp_name", default=None,
                    help="run name: everything goes to <checkpoints_dir>/<exp_name>/ (default: the reference's name)")

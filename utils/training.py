@@ -1,5 +1,5 @@
 """What the train scripts share besides the run folder (utils/run.py): optimiser and schedule (the
-reference's choices, SPEC 9), seeds, the training loader, progress bars.
+reference's choices), seeds, the training loader, progress bars.
 
 Exact resume: the shuffle order is a function of (seed, epoch) (DistributedSampler with set_epoch, also
 with one process) and the augmentation of (seed, epoch, index) (see datasets/blur2vid.py); the state

@@ -464,7 +464,7 @@ def run_scoring(device, args, baseline_root, log) -> list[dict]:
 
 def run_ssim(device, args, log) -> list[dict]:
     """utils.metrics.ssim on the device against scikit-image's structural_similarity, image by image on
-    the CPU (the SPEC's settings), on the same frames; also checks that they agree to 1e-4."""
+    the CPU (Gaussian weights, sigma 1.5, data range 255), on the same frames; also checks that they agree to 1e-4."""
     import numpy as np
     from skimage.metrics import structural_similarity
 

@@ -7,7 +7,7 @@ grain so the PNGs compress like camera frames), then times, in the same run and 
   pil        the plain loader a person writes first: PIL open + convert("RGB") + numpy + torch,
              one random crop shared by the stack, no augmentation
   decode     our Blur2VidDataset with the crop only (affine, jitter and noise off): decode-only figure
-  train      our Blur2VidDataset with the training augmentation of SPEC 9 (affine p 0.6, jitter p 0.6,
+  train      our Blur2VidDataset with the reference's training augmentation (affine p 0.6, jitter p 0.6,
              noise p 0.4)
   train_all  the same with every augmentation forced on (p = 1): the worst case
 
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             intro = ("# Loader throughput\n\nSamples/s of training crops (blur + sharp frames), from "
                      "`lab/benchmarks/loader_throughput.py`. Loaders: `pil` plain PIL decode + shared random crop "
-                     "(baseline), `decode` ours with the crop only, `train` ours with SPEC 9 augmentation, "
+                     "(baseline), `decode` ours with the crop only, `train` ours with the reference's augmentation, "
                      "`train_all` ours with every augmentation forced on. `CPU ms/sample` is the process CPU time "
                      "per sample with workers=0 (robust to other jobs on the machine); samples/s are wall-clock "
                      "DataLoader rates. Figures of one section come from the same run.\n\n")

@@ -1,7 +1,7 @@
 """Speed of the evaluation metrics: SSIM three ways, and a whole SequenceMetrics update.
 
   skimage   scikit-image's structural_similarity, one image at a time (what the reference's users run;
-            SPEC 8 settings), on HWC float64 arrays
+            Gaussian weights, sigma 1.5, data range 255), on HWC float64 arrays
   conv2d    our SSIM as first written: reflect gather + grouped float64 F.conv2d (kept here as the
             baseline; torch has no fast float64 convolution on CPU)
   ours      utils.metrics.ssim: batched float32 maps of cache-sized chunks, filtered with blocked banded

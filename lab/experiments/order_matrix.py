@@ -1,4 +1,4 @@
-"""Issue 11's whole experiment in one command: dataset, HyperCUTs, direction probe, deblurring matrix.
+"""The whole ordering study in one command: dataset, HyperCUTs, direction probe, deblurring matrix.
 
   python -m lab.experiments.order_matrix --out $OUT                 # one GPU: one invocation of about 6 min, rerun to resume
   python -m lab.experiments.order_matrix --tiny --out /tmp/om       # every stage at a tiny scale, on CPU

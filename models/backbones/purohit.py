@@ -9,7 +9,8 @@ ConvLSTM (its cell state starts at zero). At every time step the RVD encodes the
 full-resolution flow (zero at the first step), advances the ConvLSTM, predicts flow coarse to fine
 and warps the central frame, downscaled per scale, by each flow.
 
-Decisions (the reference has no RVE and no stage-1 code; SPEC 6 lists its defects, none copied):
+Decisions (the reference has no RVE and no stage-1 code, and its defects, such as a flow feedback that is
+always zero, are not copied):
 - Time steps: the RVD runs 7 steps, step t producing frame t+1, the centre frame 4 included (step
   3 warps the centre by its own predicted flow, ideally zero). One step per frame keeps the
   recurrence on the uniform time line it models, and it is what the reference and the published
