@@ -48,8 +48,8 @@ from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
 from datasets.metadata import dataset_inputs, dataset_name
 from datasets.transforms import AugmentConfig
 from models.convention import REFERENCE_BGR_IMAGENET
-from models.hypercut import F_FUNCS, G_FUNCS, REFERENCE_SLOPE, HyperCUT, hypercut_loss, load_hypercut, sequence_pairs
-from models.hypercut_ext import OrderingObjective
+from models.hypercut import (F_FUNCS, G_FUNCS, REFERENCE_SLOPE, HyperCUT, OrderingObjective, hypercut_loss,
+                             load_hypercut, sequence_pairs)
 from utils.checkpoint import CheckpointError, state_dict_mismatch
 from utils.cli import ArgumentParser, add_data_args, add_runtime_args, add_train_args, check_flags, run_main
 from utils.distributed import cleanup_process, setup_process

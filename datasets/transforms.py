@@ -114,11 +114,6 @@ def to_float_stack(images) -> torch.Tensor:
     return out
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """RGB float [0, 1] -> uint8, rounded."""
-    return x.clamp(0, 1).mul(255.0).round_().to(torch.uint8)
-
-
 @dataclass
 class AugmentConfig:
     crop_size: int | tuple | None = 256  # None: no crop

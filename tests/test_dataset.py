@@ -164,8 +164,8 @@ def test_dataset_mixes_modes(tmp_path):
 
 
 def _aug_seed(ds, index):
-    from datasets.blur2vid import _seed_for
-    return _seed_for("aug", ds.seed, ds.epoch, index)
+    from utils.seeds import stable_seed
+    return stable_seed("aug", ds.seed, ds.epoch, index)
 
 
 # --- augmentation --------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import train_hypercut
 from datasets.synthetic import SyntheticConfig, load_photo, prepare_photo, render_sequence
 from losses import build_loss, naive_loss
 from losses.pit import pit_terms
-from models.hypercut import HyperCUT, hypercut_loss, load_hypercut
-from models.hypercut_ext import MotionIm2Vec, OrderingObjective, crop_consistency_loss, random_subcrops
+from models.hypercut import HyperCUT, OrderingObjective, hypercut_loss, load_hypercut
+from models.hypercut_ext import MotionIm2Vec, crop_consistency_loss, random_subcrops
 from _cli import one_line_error
 from lab import probe_order
 from utils.motion import phase_correlation
