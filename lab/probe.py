@@ -80,20 +80,6 @@ def collect_crops(dataset, cfg: ProbeConfig, count: int, seed: int, progress=Non
     return out
 
 
-@torch.no_grad()
-def hypercut_crop_signs(hypercut, first: torch.Tensor, last: torch.Tensor, device, batch_size: int = 64) -> torch.Tensor:
-    """sign(h(f(g(x1, xN)))) per crop (+1 where h >= 0), (K,)."""
-    need = hypercut.f_func.min_size
-    if min(first.shape[-2:]) < need:
-        raise FlagError(f"HyperCUT needs crops of at least {need}x{need} pixels, got {tuple(first.shape[-2:])}")
-    out = []
-    for k in range(0, len(first), batch_size):
-        pair = torch.stack([first[k:k + batch_size], last[k:k + batch_size]], 1).to(device)
-        _, scores = hypercut.pair_scores(pair, include_reversed=False)
-        out.append(scores[:, 0].float().cpu())
-    return torch.where(torch.cat(out) >= 0, 1.0, -1.0)
-
-
 class ProbeNet(nn.Module):
     """Six 3x3 convs (each width a stride-2 conv then a stride-1 conv: 1/8 resolution at the end), ReLU,
     a global mean and one 2-d head per target. Blur of 8-22 pixels is plain at half resolution, so the

@@ -294,13 +294,6 @@ class JinBackbone(nn.Module):
             for net in (self.frame3, self.frame5, self.frame26, self.frame17):
                 start_as_reference(net)
 
-    @staticmethod
-    def official_keys(name: str | None = None) -> dict:
-        """{our prefix: official prefix} for one official file ("center", "f35", "f26", "f17"),
-        or {name: that mapping} for all four."""
-        table = {n: dict(prefixes) for n, _, prefixes in OFFICIAL_FILES}
-        return table if name is None else table[name]
-
     def forward(self, blur: torch.Tensor, center: torch.Tensor | None = None) -> dict:
         """The backbone contract (models/__init__.py): {"frames": (B, 7, 3, H, W), "center": frame 4}.
         center: a central frame (B, 3, H, W) to use instead of the middle network's (an oracle centre)."""
