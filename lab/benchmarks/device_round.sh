@@ -9,7 +9,7 @@
 #
 # Running it again on the same machine (same runs/ folder) resumes the experiments' trainings.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ROUND=${ROUND_SECONDS:-570}
 R=$(mktemp -d)
 START=$SECONDS

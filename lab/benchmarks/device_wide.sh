@@ -18,7 +18,7 @@
 # WIDE_MINUTES (default 5.5; every run must start within 150 s, after the dataset and the two HyperCUTs' orders): training time of each run; WIDE_ROWS: the rows (default below);
 # WIDE_TINY=1: every stage at a tiny scale on the CPU (a check of this script).
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 MINUTES=${WIDE_MINUTES:-5.5}
 ROWS=${WIDE_ROWS:-"naive naive_hc_paper hcloss_paper_a0.2 pit hcloss_ext_a0.02 hcloss_paper_a0"}
 R=$(mktemp -d)

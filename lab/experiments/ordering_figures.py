@@ -22,8 +22,6 @@ from pathlib import Path
 from utils.cli import ArgumentParser
 from utils.errors import FlagError
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def labelled(values: list, flag: str) -> dict:
     out = {}

@@ -16,8 +16,6 @@ from pathlib import Path
 
 from utils.cli import ArgumentParser
 
-REPO = Path(__file__).resolve().parents[2]
-
 ROWS = [("order_inv", "order_inv (the paper's baseline)"), ("naive", "naive, stored (random) order"),
         ("oracle", "naive on the oracle order (ceiling)"), ("naive_hc_ext", "naive on our HyperCUT's order"),
         ("hcloss_ext_a0", "hypercut loss, our HyperCUT, alpha 0"), ("pit", "pit (min over both orders)"),
