@@ -93,11 +93,10 @@ def test_every_script_has_its_help_checked():
             "lab.benchmarks.loader_throughput", "lab.benchmarks.metrics_speed"} == set(LAB_SCRIPTS)
 
 
-@pytest.mark.parametrize("command", [["train_hypercut.py"], ["prepare_dataset.py", "frames"],
-                                     ["-m", "lab.experiments.order_matrix"]])
+@pytest.mark.parametrize("command", [["prepare_dataset.py", "frames"], ["-m", "lab.experiments.order_matrix"]])
 def test_help_from_the_command_line(command):
     env = {**os.environ, "COLUMNS": COLUMNS}
     out = subprocess.run([sys.executable, *command, "--help"], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=300)  # a few seconds (torch loads), far more on a busy machine
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("usage: ") and "(default: " in out.stdout and "\nexample" in out.stdout
