@@ -1,4 +1,4 @@
-"""Give every sequence of a dataset its canonical order with a trained HyperCUT (SPEC 2 and 4).
+"""Give every sequence of a dataset its canonical order with a trained HyperCUT.
 
   python generate_order.py --dataset_name syn --metadata_root data/synthetic \
       --pretrained_path checkpoints/hc/models/0100.pth --save_path data/synthetic/metadata_ordered.json
@@ -50,7 +50,15 @@ from utils.run import hypercut_run_name, resolve_pretrained
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(description=__doc__)
+    p = ArgumentParser(
+        description="Write a dataset's metadata with every sequence in its canonical order, as a trained HyperCUT "
+                    "judges it (or, with --oracle, as its recorded camera motion says).",
+        epilog="examples:\n"
+               "  python generate_order.py --metadata_root data/synthetic \\\n"
+               "      --pretrained_path checkpoints/hypercut_syn/models/0024.pth \\\n"
+               "      --save_path data/synthetic/metadata_hc.json\n"
+               "  python generate_order.py --metadata_root data/synthetic --oracle "
+               "--save_path data/synthetic/metadata_oracle.json")
     add_data_args(p, limits=(), target_frames=False)
     add_runtime_args(p, batch_size=8, num_workers=0)
     add_checkpoint_args(p, "our HyperCUT checkpoint or the reference's state dict")
@@ -61,9 +69,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="allow replacing an existing --save_path, the input metadata.json included")
     g = p.add_argument_group("HyperCUT (for the default run name)")
-    g.add_argument("--out_dim", type=int, default=128)
-    g.add_argument("--f_func", default="ResnetIm2Vec", choices=sorted(F_FUNCS))
-    g.add_argument("--g_func", default="Concat", choices=sorted(G_FUNCS))
+    g.add_argument("--out_dim", type=int, default=128, help="embedding size D of the run")
+    g.add_argument("--f_func", default="ResnetIm2Vec", choices=sorted(F_FUNCS), help="pair encoder f of the run")
+    g.add_argument("--g_func", default="Concat", choices=sorted(G_FUNCS), help="pair joiner g of the run")
     return p
 
 

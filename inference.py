@@ -12,7 +12,7 @@ Each image, at its own size, gives OUTPUT/<image stem>/frame_1.png .. frame_7.pn
 file written to a temporary name and renamed; --gif adds frames.gif (the frames played forwards and
 back) and contact.png (blur | frames). --tile N predicts each image in N x N windows (overlaps averaged;
 'crop': the run's training crop size): for images too large for the device, and for networks trained
-on small crops, which can do worse on whole images (docs/ordering.md section 10).
+on small crops, which can do worse on whole images (lab/ordering.md section 10).
 """
 from __future__ import annotations
 
@@ -38,7 +38,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(description=__doc__)
+    p = ArgumentParser(
+        description="Turn blurry photos (any size, no metadata) into 7-frame sequences: "
+                    "OUTPUT/<image stem>/frame_1.png .. frame_7.png.",
+        epilog="example:\n"
+               "  python inference.py --pretrained_path checkpoints/jin_hc/models/0100.pth --blur_path photos/ "
+               "--output_path out/ --gif")
     p.add_argument("--backbone", default=None, choices=backbone_names(),
                    help="expected backbone (default: the checkpoint's; Jin for a folder)")
     p.add_argument("--pretrained_path", required=True,
@@ -51,7 +56,7 @@ def build_parser() -> ArgumentParser:
                    help="also write OUTPUT/<image stem>/frames.gif (the frames, animated) and contact.png (blur | frames)")
     add_tile_arg(p)
     p.add_argument("--width_mult", type=float, default=None,
-                   help="width of an official-weights folder's model (default 1.0); checked against a checkpoint's")
+                   help="width of an official-weights folder's model (default: 1.0); checked against a checkpoint's")
     add_runtime_args(p, batch_size=None)
     return p
 

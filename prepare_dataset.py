@@ -63,49 +63,67 @@ def check_src_and_out(src, out) -> None:
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__)
+    parser = ArgumentParser(
+        description="Build or check a dataset in the seed layout (root/<seq>/blur, root/<seq>/sharp, "
+                    "root/metadata.json); `prepare_dataset.py MODE --help` for each mode.",
+        epilog="examples:\n"
+               "  python prepare_dataset.py synthetic --out data/synthetic            # the embedded dataset\n"
+               "  python prepare_dataset.py frames --src REDS_120fps/train --out data/reds --window 49\n"
+               "  python prepare_dataset.py summary --out data/synthetic              # what a dataset holds")
     sub = parser.add_subparsers(dest="mode", required=True)
 
-    syn = sub.add_parser("synthetic", help="render an embedded dataset: scikit-image's photographs or dead-leaves textures")
+    syn = sub.add_parser(
+        "synthetic", help="render an embedded dataset: scikit-image's photographs or dead-leaves textures",
+        description="Render an embedded dataset (nothing is downloaded): scikit-image's photographs or dead-leaves "
+                    "textures under a camera motion recorded in each entry.",
+        epilog="example:\n  python prepare_dataset.py synthetic --out data/deadleaves --scene deadleaves "
+               "--motion translation --workers 2")
     syn.add_argument("--out", required=True, help="output dataset root")
     syn.add_argument("--scene", default="photos", choices=("photos", "deadleaves"),
                      help="photos: windows over scikit-image's bundled photographs (split by photograph); "
-                          "deadleaves: a new procedural texture for every sequence (default photos)")
+                          "deadleaves: a new procedural texture for every sequence")
     syn.add_argument("--motion", default="trajectory", choices=("trajectory", "translation"),
                      help="trajectory: a smooth path with a little rotation and zoom, and moving foreground "
                           "patches (--foreground_p); translation: one global translation per sequence, uniform "
-                          "direction (default trajectory)")
+                          "direction")
     syn.add_argument("--radii", type=float, nargs=2, default=[1.5, 0.5], metavar=("MIN", "MAX"),
-                     help="deadleaves: smallest disc radius in pixels and largest as a fraction of --size "
-                          "(default 1.5 0.5)")
-    syn.add_argument("--size", type=int, default=128, help="image size (square), default 128")
-    syn.add_argument("--num_train", type=int, default=360)
-    syn.add_argument("--num_val", type=int, default=40)
-    syn.add_argument("--num_test", type=int, default=100)
+                     help="deadleaves: smallest disc radius in pixels and largest as a fraction of --size")
+    syn.add_argument("--size", type=int, default=128, help="image size (square)")
+    syn.add_argument("--num_train", type=int, default=360, help="training sequences")
+    syn.add_argument("--num_val", type=int, default=40, help="validation sequences")
+    syn.add_argument("--num_test", type=int, default=100, help="test sequences")
     syn.add_argument("--subframes", type=int, default=7, help="sub-frames per frame slot (odd, >= 5)")
     syn.add_argument("--travel", type=float, nargs=2, default=[8.0, 22.0], metavar=("MIN", "MAX"),
                      help="camera travel over the exposure, drawn uniformly per sequence, in pixels of the photo at "
-                          "about one per output pixel (x0.85-1.15 per sequence; default 8 22)")
+                          "about one per output pixel (x0.85-1.15 per sequence)")
     syn.add_argument("--foreground_p", type=float, default=0.4, help="share of sequences with a moving patch")
-    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--seed", type=int, default=0, help="seed of the rendering")
     syn.add_argument("--workers", type=int, default=1, help="rendering processes (the output is the same)")
     syn.add_argument("--overwrite", action="store_true", help="replace a dataset already at --out")
 
-    fr = sub.add_parser("frames", help="from folders of consecutive high-frame-rate frames, one per video")
+    fr = sub.add_parser(
+        "frames", help="from folders of consecutive high-frame-rate frames, one per video",
+        description="Build a dataset from folders of consecutive high-frame-rate frames, one per video: each "
+                    "window of frames averaged into a blurry image, 7 of them kept as its sharp frames.",
+        epilog="example:\n  python prepare_dataset.py frames --src REDS_120fps/train --out data/reds --window 49")
     fr.add_argument("--src", required=True, help="folder holding one sub-folder of frames per video")
     fr.add_argument("--out", required=True, help="output dataset root")
     fr.add_argument("--window", type=int, default=49, help="frames averaged into one blurry image")
     fr.add_argument("--stride", type=int, default=None, help="frames between window starts (default: window)")
     fr.add_argument("--num_frames", type=int, default=7, help="sharp frames per sequence")
     fr.add_argument("--no_linear", action="store_true", help="average in sRGB instead of linear light")
-    fr.add_argument("--val_fraction", type=float, default=0.1)
-    fr.add_argument("--test_fraction", type=float, default=0.1)
+    fr.add_argument("--val_fraction", type=float, default=0.1,
+                    help="share of the videos for val, unless --val_videos names them")
+    fr.add_argument("--test_fraction", type=float, default=0.1,
+                    help="share of the videos for test, unless --test_videos names them")
     fr.add_argument("--val_videos", nargs="*", default=[], help="video folder names for val")
     fr.add_argument("--test_videos", nargs="*", default=[], help="video folder names for test")
-    fr.add_argument("--seed", type=int, default=0)
-    fr.add_argument("--overwrite", action="store_true")
+    fr.add_argument("--seed", type=int, default=0, help="seed of the shuffle that splits the videos")
+    fr.add_argument("--overwrite", action="store_true", help="replace a dataset already at --out")
 
-    sm = sub.add_parser("summary", help="validate a dataset and print its summary")
+    sm = sub.add_parser("summary", help="validate a dataset and print its summary",
+                        description="Validate a dataset (metadata and every image) and print what it holds.",
+                        epilog="example:\n  python prepare_dataset.py summary --out data/synthetic --quick_check")
     sm.add_argument("--out", required=True, help="dataset root")
     sm.add_argument("--quick_check", action="store_true",
                     help="read only the image headers instead of decoding every image in full")

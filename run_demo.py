@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent
 CENTRE = "weights/jin_centre_w025_deadleaves.pth"
 
 WORLD = ["--scene", "deadleaves", "--motion", "translation", "--travel", "6", "12"]
-# Our HyperCUT extension (docs/ordering.md): f reads a global motion estimate; sub-crops must agree.
+# Our HyperCUT extension (lab/ordering.md): f reads a global motion estimate; sub-crops must agree.
 EXT_HYPERCUT = ["--f_func", "FlowIm2Vec", "--crop_consistency", "2.0", "--batch_size", "8", "--lr", "1e-3"]
 # Deblurring runs: (name, loss flags, order): "stored" is the rendering's own direction (uniformly random),
 # "oracle" the recorded motion's (generate_order.py --oracle), "paper" / "ext" the order of the paper's
@@ -100,21 +100,20 @@ class StageFailed(UserError):
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(
-        description="The whole pipeline on the dead-leaves world: data, both HyperCUTs, their orders, one narrow Jin "
-                    "per order, evaluation beside the no-network references; runs/demo/summary.md and summary.json. "
-                    "Running it again continues where it stopped.",
+        description="The whole pipeline on the dead-leaves world: data, both HyperCUTs, their orders, a narrow Jin per "
+                    "order, evaluation; writes runs/demo/summary.md. Run it again to continue.",
         epilog="examples:\n  python run_demo.py              # about 30 min on 2 CPU cores\n"
                "  python run_demo.py --quick      # every stage on a tiny dataset, a few minutes\n"
                "  python run_demo.py --config gpu --device cuda --num_workers 8")
     p.add_argument("--quick", action="store_true", help="tiny dataset and runs: every stage in a few minutes")
     p.add_argument("--config", default=None, choices=sorted(SETTINGS),
-                   help="full (default), quick (= --quick) or gpu (full-width Jin on 120x120 images)")
+                   help="full, quick (= --quick) or gpu (full-width Jin on 120x120 images) (default: full)")
     p.add_argument("--data", default=None, help="dataset root (default: the config's, e.g. data/deadleaves)")
     p.add_argument("--fresh_data", default=None,
                    help="the fresh test set: the same world, another seed (default: the config's)")
-    p.add_argument("--out", default=None, help="output folder (default runs/demo; quick: runs/demo_quick)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument("--num_workers", type=int, default=1, help="data loader workers of every stage (default 1)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/demo; quick: runs/demo_quick)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--num_workers", type=int, default=1, help="data loader workers of every stage")
     p.add_argument("--jobs", type=int, default=None,
                    help="deblurring runs trained at once, each on its share of the cores (default: one per CPU core "
                         "on a CPU, 1 on a GPU)")
@@ -136,7 +135,9 @@ def shown_path(path: Path) -> str:
 
 
 def _argv(script: str, args: list) -> list[str]:
-    return [script] + [shown_path(a) if isinstance(a, Path) else str(a) for a in args]
+    """python's arguments: a script (x.py) or a module run with -m (any other name)."""
+    launch = [script] if script.endswith(".py") else ["-m", script]
+    return launch + [shown_path(a) if isinstance(a, Path) else str(a) for a in args]
 
 
 def run_stage(name: str, script: str, args: list, log) -> None:

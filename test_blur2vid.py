@@ -1,4 +1,4 @@
-"""Evaluate a deblurring backbone on a split: pPSNR, pSSIM, pLPIPS and PSNR, SSIM, LPIPS per frame (SPEC 8).
+"""Evaluate a deblurring backbone on a split: pPSNR, pSSIM, pLPIPS and PSNR, SSIM, LPIPS per frame.
 
   python test_blur2vid.py --dataset_name syn --metadata_root data/synthetic --backbone Jin      # order_inv run
   python test_blur2vid.py --dataset_name syn --metadata_root data/synthetic --backbone Jin \\
@@ -69,7 +69,13 @@ ORDER_FIGURES = ("follows_hypercut", "follows_oracle", "pred_positive", "hc_hone
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(description=__doc__)
+    p = ArgumentParser(
+        description="Evaluate a deblurring backbone on a split: pPSNR, pSSIM, pLPIPS and PSNR, SSIM, LPIPS per "
+                    "frame (a table, and --output_json with a CSV beside it).",
+        epilog="example:\n"
+               "  python test_blur2vid.py --metadata_root data/synthetic --pretrained_path "
+               "checkpoints/jin_hc/models/0100.pth \\\n"
+               "      --hypercut_path checkpoints/hypercut_syn/models/0024.pth --output_json results/jin_hc.json")
     add_data_args(p, limits=("test",))
     add_runtime_args(p, batch_size=1, num_workers=2)
     add_checkpoint_args(p, "a train_blur2vid.py checkpoint, or a folder with Jin's four official files")
@@ -79,8 +85,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--loss_type", default=None, choices=LOSS_TYPES,
                    help="loss of the run to evaluate (default: hypercut with --hypercut_path, else order_inv)")
     p.add_argument("--width_mult", type=float, default=None,
-                   help="width of an official-weights folder's model (default 1.0); checked against a checkpoint's")
-    p.add_argument("--p_mode", default="pair", choices=("pair", "sequence"))
+                   help="width of an official-weights folder's model (default: 1.0); checked against a checkpoint's")
+    p.add_argument("--p_mode", default="pair", choices=("pair", "sequence"),
+                   help="pPSNR/pSSIM: the paper's per-pair formula or the reference's whole-sequence one")
     p.add_argument("--middle_frame", default="predicted", choices=("predicted", "gt"),
                    help="central frame: the backbone's own, or the ground truth's (the oracle protocol of the "
                         "HyperCUT paper's Purohit tables; labelled 'oracle centre' in every output)")

@@ -1,4 +1,4 @@
-"""Evaluate a HyperCUT ordering model on a split: hit and consistency rates (SPEC 4).
+"""Evaluate a HyperCUT ordering model on a split: hit and consistency rates.
 
   python test_hypercut.py --dataset_name syn --metadata_root data/synthetic --pretrained_path checkpoints/hc/models/0100.pth
   python test_hypercut.py --metadata_root data/reds --pretrained_path hypercut_reds.pth --output_json r.json
@@ -42,15 +42,20 @@ FIGURES = ("hit", "hit_x2_x6", "hit_x3_x5", "con@2", "con@3", "num_sequences")
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(description=__doc__)
+    p = ArgumentParser(
+        description="Evaluate a HyperCUT ordering model on a split: hit and consistency rates (a table, and "
+                    "--output_json).",
+        epilog="example:\n"
+               "  python test_hypercut.py --metadata_root data/synthetic "
+               "--pretrained_path checkpoints/hypercut_syn/models/0024.pth")
     add_data_args(p, limits=("test",), target_frames=False)
     add_runtime_args(p, batch_size=8, num_workers=0)
     add_checkpoint_args(p, "our HyperCUT checkpoint or the reference's state dict")
     add_eval_args(p, PARTITIONS)
     g = p.add_argument_group("HyperCUT (for the default run name)")
-    g.add_argument("--out_dim", type=int, default=128)
-    g.add_argument("--f_func", default="ResnetIm2Vec", choices=sorted(F_FUNCS))
-    g.add_argument("--g_func", default="Concat", choices=sorted(G_FUNCS))
+    g.add_argument("--out_dim", type=int, default=128, help="embedding size D of the run")
+    g.add_argument("--f_func", default="ResnetIm2Vec", choices=sorted(F_FUNCS), help="pair encoder f of the run")
+    g.add_argument("--g_func", default="Concat", choices=sorted(G_FUNCS), help="pair joiner g of the run")
     return p
 
 

@@ -1,4 +1,5 @@
-"""Train a deblurring backbone (image -> 7 frames) with --loss_type naive, order_inv, hypercut (SPEC 7) or pit (ours).
+"""Train a deblurring backbone (image -> 7 frames) with --loss_type naive, order_inv, hypercut (the
+paper's) or pit (ours).
 
   python train_blur2vid.py --dataset_name syn --metadata_root data/synthetic --backbone Jin --loss_type order_inv
   python train_blur2vid.py --dataset_name syn --metadata_root data/synthetic --backbone Jin --loss_type hypercut \\
@@ -60,16 +61,24 @@ from utils.training import add_speed_args, denormals_flushed, fit, seed_everythi
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__)
+    parser = ArgumentParser(
+        description="Train a deblurring backbone (a blurry image -> 7 sharp frames) with the naive, order_inv, "
+                    "hypercut or pit loss; the run goes to <checkpoints_dir>/<exp_name>/.",
+        epilog="examples:\n"
+               "  python train_blur2vid.py --metadata_root data/synthetic --backbone Jin --loss_type hypercut \\\n"
+               "      --hypercut_path checkpoints/hypercut_syn/models/0024.pth\n"
+               "  python train_blur2vid.py --metadata_root data/synthetic --backbone Purohit --stage 1    "
+               "# then --stage 2 --stage1_path ...\n"
+               "  torchrun --nproc_per_node 4 train_blur2vid.py --metadata_root data/reds     # one process per GPU")
     add_data_args(parser, limits=("train", "val"))
     add_runtime_args(parser, batch_size=8)
     add_train_args(parser, epochs=100, lr=5e-4, crop_size=256, val_epoch=5, display_step=500)
     add_speed_args(parser)
     g = parser.add_argument_group("deblurring")
-    g.add_argument("--backbone", default="Jin", choices=backbone_names())
+    g.add_argument("--backbone", default="Jin", choices=backbone_names(), help="deblurring network")
     g.add_argument("--width_mult", type=float, default=1.0,
                    help="scale the backbone's internal widths (1.0: the official architecture)")
-    g.add_argument("--loss_type", default="naive", choices=LOSS_TYPES)
+    g.add_argument("--loss_type", default="naive", choices=LOSS_TYPES, help="training loss")
     g.add_argument("--hypercut_path", default=None,
                    help="a HyperCUT checkpoint (ours or the authors' state dict): needed by --loss_type "
                         "hypercut; with another loss, adds hit/con of the predictions at validation")
@@ -89,13 +98,13 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--stage", type=int, default=2, choices=(1, 2),
                    help="1: the video autoencoder (RVE + RVD) on sharp sequences; 2: the blurred-image encoder")
     g.add_argument("--stage1_path", default=None, help="stage 2: the stage-1 checkpoint to start from")
-    g.add_argument("--train_decoder", action="store_true", help="stage 2: fine-tune the RVD too (default frozen)")
+    g.add_argument("--train_decoder", action="store_true", help="stage 2: fine-tune the RVD too (default: off, frozen)")
     g.add_argument("--embed_weight", type=float, default=0.0,
                    help="stage 2: weight of the distance between the BIE's and the RVE's embeddings")
     g.add_argument("--center_weight", type=float, default=1.0,
                    help="stage 2: weight of the Charbonnier term of a jointly trained centre network")
     g.add_argument("--center_width_mult", type=float, default=None,
-                   help="width of the centre network (default --width_mult; 1.0 for Jin's official weights)")
+                   help="width of the centre network (default: --width_mult; 1.0 for Jin's official weights)")
     g.add_argument("--mu", type=float, default=0.02, help="weight of the flow regulariser (total variation)")
     return parser
 

@@ -1,4 +1,4 @@
-"""Train the HyperCUT ordering model (SPEC 4) on the sharp frames of a dataset.
+"""Train the HyperCUT ordering model on the sharp frames of a dataset.
 
   python train_hypercut.py --dataset_name syn --metadata_root data/synthetic
   python train_hypercut.py --dataset_name syn --metadata_root data/synthetic --resume
@@ -11,7 +11,7 @@ metadata's "name").
 Each training sequence (B, 7, 3, H, W) gives the pairs P1 = (x1, x7), P2 = (x2, x6), P3 = (x3, x5) and
 their reverses; the six pairs go through f in one batched call, and the loss pushes each pair and its
 reverse to opposite sides of the fixed hyperplane while keeping the three nested pairs on one side.
-Only the sharp frames are used. Training frames get the SPEC 9 augmentations (the same draw for every
+Only the sharp frames are used. Training frames get the reference's augmentations (the same draw for every
 frame of a sequence); validation uses full images without augmentation.
 
 The model takes the reference's input convention (BGR, ImageNet mean/std), recorded in every
@@ -23,7 +23,7 @@ models.hypercut.load_hypercut, test_hypercut.py and generate_order.py) every --v
 the last epoch, and training_states/ (latest.pth every epoch, NNNN.pth at validation epochs) from
 which --resume continues with the same losses as an uninterrupted run (on CPU).
 
-Learning rate. The default is the reference's (Adamax 5e-4, SPEC 9). With the released activation
+Learning rate. The default is the reference's (Adamax 5e-4). With the released activation
 (slope 1.0) f is linear up to its residual blocks, and Adamax's first steps move every weight by about
 lr, so at 5e-4 (and 1e-4) the first steps rescale all scores by large factors; the loss then settles in
 its saddle at zero scores (loss ln 2 = 0.693, val hit near 0), where the gradients vanish and Adamax's
@@ -48,8 +48,8 @@ from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
 from datasets.metadata import dataset_inputs, dataset_name
 from datasets.transforms import AugmentConfig
 from models.convention import REFERENCE_BGR_IMAGENET
-from models.hypercut import F_FUNCS, G_FUNCS, REFERENCE_SLOPE, HyperCUT, hypercut_loss, load_hypercut, sequence_pairs
-from models.hypercut_ext import OrderingObjective
+from models.hypercut import (F_FUNCS, G_FUNCS, REFERENCE_SLOPE, HyperCUT, OrderingObjective, hypercut_loss,
+                             load_hypercut, sequence_pairs)
 from utils.checkpoint import CheckpointError, state_dict_mismatch
 from utils.cli import ArgumentParser, add_data_args, add_runtime_args, add_train_args, check_flags, run_main
 from utils.distributed import cleanup_process, setup_process
@@ -61,7 +61,14 @@ from utils.training import add_speed_args, denormals_flushed, fit, seed_everythi
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__)
+    parser = ArgumentParser(
+        description="Train the HyperCUT ordering model (an encoder f and a fixed hyperplane) on the sharp frames of a "
+                    "dataset; the run goes to <checkpoints_dir>/<exp_name>/.",
+        epilog="examples:\n"
+               "  python train_hypercut.py --metadata_root data/synthetic --exp_name hypercut_syn --crop_size 64 \\\n"
+               "      --batch_size 8 --lr 5e-5 --epochs 24 --decay_type step_12_18_22 --gamma 0.5 --val_epoch 4\n"
+               "  python train_hypercut.py --metadata_root data/synthetic --exp_name hypercut_syn --resume\n"
+               "  torchrun --nproc_per_node 4 train_hypercut.py --metadata_root data/reds     # one process per GPU")
     add_data_args(parser, limits=("train", "val"))
     add_runtime_args(parser, batch_size=8)
     add_train_args(parser, epochs=100, lr=5e-4, crop_size=256, val_epoch=5, display_step=100, images=False)
@@ -72,7 +79,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--g_func", default="Concat", choices=sorted(G_FUNCS), help="pair joiner g")
     g.add_argument("--slope", type=float, default=REFERENCE_SLOPE,
                    help="negative slope of f's LeakyReLUs; 1.0 (identity) is the released model's")
-    x = parser.add_argument_group("our extensions (docs/ordering.md; off by default)")
+    x = parser.add_argument_group("our extensions (lab/ordering.md; off by default)")
     x.add_argument("--subcrop_size", type=int, default=None,
                    help="train on --subcrops random crops of this size taken from each training crop")
     x.add_argument("--subcrops", type=int, default=2, help="sub-crops per sequence (with --subcrop_size)")

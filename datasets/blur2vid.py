@@ -1,26 +1,21 @@
 """The blurry-image-to-video dataset: one blurry image and its T sharp frames per item."""
 from __future__ import annotations
 
-import hashlib
 from typing import Sequence
 
 import torch
 from torch.utils.data import Dataset
 
 from datasets.metadata import Entry, MetadataError, entry_bbox, load_split, resolve_target_frames
+from datasets.ordering import entry_motion
 from utils.errors import FlagError
+from utils.seeds import stable_seed
 from datasets.transforms import (AugmentConfig, ImageReadError, apply_augment, augment_stack, crop_to_box,
                                  decode_image_file, draw_augment, exif_swaps_axes, source_window, to_float_stack)
 
 BOX_SIZE_TRAIN = (192, 192)
 BOX_SIZE_EVAL = (192, 160)
 BOX_MAX_MARGIN = 0.10
-
-
-def _seed_for(*parts) -> int:
-    """A stable 63-bit seed from any values (independent of PYTHONHASHSEED and worker count)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 class Blur2VidDataset(Dataset):
@@ -53,7 +48,7 @@ class Blur2VidDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
-        gen = torch.Generator().manual_seed(_seed_for("order", seed))
+        gen = torch.Generator().manual_seed(stable_seed("order", seed))
         coins = torch.rand(len(entries), generator=gen)
         self.reversed = [e.order == "reverse" or (e.order == "random" and bool(c < 0.5))
                          for e, c in zip(entries, coins.tolist())]
@@ -70,6 +65,12 @@ class Blur2VidDataset(Dataset):
         if self.reversed[index]:
             return [e.frame_paths[n - k] for k in self.target_frames]
         return [e.frame_paths[k - 1] for k in self.target_frames]
+
+    def motion(self, index: int) -> tuple[float, float]:
+        """The camera motion (dx, dy) that the synthetic datasets record, frame 1 -> N in the direction the
+        entry is loaded (negated when `order` reversed it); MetadataError when the entry has none."""
+        dx, dy = entry_motion(self.entries[index].raw, index)
+        return (-dx, -dy) if self.reversed[index] else (dx, dy)
 
     def _decode(self, entry: Entry, path):
         try:
@@ -89,7 +90,7 @@ class Blur2VidDataset(Dataset):
             if tuple(img.shape[1:]) != size:
                 raise MetadataError(f"entry {e.id}: {p} has size {tuple(img.shape[1:])}, expected {size}")
         train = self.augment is not None
-        gen = torch.Generator().manual_seed(_seed_for("aug", self.seed, epoch, index))
+        gen = torch.Generator().manual_seed(stable_seed("aug", self.seed, epoch, index))
         box = entry_bbox(e)
         if box is None and train:
             # Crop (and the affine's source window) before converting to float: on large frames most

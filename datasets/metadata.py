@@ -1,4 +1,4 @@
-"""metadata.json: read, validate, write (SPEC 2).
+"""metadata.json: read, validate, write.
 
 A dataset root is the folder holding metadata.json; relative paths in it resolve against that folder
 (or against `data_root` when given). Every error a user can cause is raised here, before training

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 from utils.errors import FlagError
+from utils.seeds import stable_seed
 
 # scikit-image colour photographs that ship inside the package (no download).
 DEFAULT_SPLITS = {
@@ -114,8 +115,7 @@ class SyntheticConfig:
 
 
 def _seed(*parts) -> int:
-    from datasets.blur2vid import _seed_for
-    return _seed_for("synthetic", *parts)
+    return stable_seed("synthetic", *parts)
 
 
 def _rotation(theta: torch.Tensor) -> torch.Tensor:
@@ -316,7 +316,7 @@ def _render_job(job):
         if key not in _PHOTOS:
             _PHOTOS[key] = prepare_photo(load_photo(name), cfg.size)
         photo = _PHOTOS[key]
-    from datasets.transforms import to_uint8
+    from utils.images import to_uint8
     gen = torch.Generator().manual_seed(_seed(cfg.seed, split, i))
     out = render_sequence(photo, cfg, gen)
     return to_uint8(out["blur"]), torch.stack([to_uint8(f) for f in out["sharp"]]), out["motion"].tolist()

@@ -1,4 +1,4 @@
-"""Image reading and the training augmentations (SPEC 9).
+"""Image reading and the training augmentations (the reference's).
 
 Augmentations act on a stack (T+1, 3, H, W) holding the blurry image first and every sharp frame, so
 the blurry image and the frames get identical parameters: the same affine, crop and jitter factors.
@@ -112,11 +112,6 @@ def to_float_stack(images) -> torch.Tensor:
     for i, (img, scale) in enumerate(images):
         out[i].copy_(img).div_(scale)
     return out
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """RGB float [0, 1] -> uint8, rounded."""
-    return x.clamp(0, 1).mul(255.0).round_().to(torch.uint8)
 
 
 @dataclass

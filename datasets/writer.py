@@ -20,10 +20,10 @@ import torch
 from torchvision.io import encode_png
 
 from datasets.metadata import METADATA_NAME, write_metadata
-from datasets.transforms import to_uint8
 from utils.checkpoint import WriteError, atomic_write_text, write_error, write_new_file
 from utils.cli import interrupts_deferred, output_problem
 from utils.errors import UserError
+from utils.images import to_uint8
 from utils.lock import LOCK_NAME, FolderLock
 
 STAGE = ".incomplete"

@@ -1,4 +1,4 @@
-"""Losses for the deblurring network (`--loss_type`, SPEC 7).
+"""Losses for the deblurring network (`--loss_type`).
 
 The loss modules of losses/naive.py, order_inv.py and hypercut.py are called as loss(pred, gt) on
 (B, N, C, H, W) RGB [0, 1] sequences; build_loss wraps them to take a backbone's output dict (the

@@ -1,4 +1,4 @@
-"""`--loss_type hypercut`: canonical-order supervision plus a pull to the canonical side (SPEC 7).
+"""`--loss_type hypercut`: canonical-order supervision plus a pull to the canonical side.
 
 A frozen HyperCUT decides each ground-truth sequence's canonical order (reversed where h(d1) < 0,
 d1 = f(g(x1, xN))), the naive loss compares the prediction with the canonically ordered ground

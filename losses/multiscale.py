@@ -1,4 +1,4 @@
-"""Losses for the Purohit backbone (SPEC 6 and 7): each `--loss_type` at 4 scales, plus the flow term.
+"""Losses for the Purohit backbone: each `--loss_type` at 4 scales, plus the flow term.
 
 PurohitLoss(...)(out, gt), with `out` the dict of PurohitBackbone.forward or .autoencode and gt the
 ground truth (B, 7, 3, H, W) RGB [0, 1], returns (total, dict of detached terms):

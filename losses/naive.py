@@ -1,4 +1,4 @@
-"""`--loss_type naive`: Charbonnier distance per frame, averaged over frames (SPEC 7)."""
+"""`--loss_type naive`: Charbonnier distance per frame, averaged over frames."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""`--loss_type order_inv`: a loss that cannot tell a sequence from its reverse (SPEC 7).
+"""`--loss_type order_inv`: a loss that cannot tell a sequence from its reverse.
 
 For each symmetric pair (i, j = N-1-i), |p_i + p_j| and |p_i - p_j| do not change when the two
 frames swap, so the loss compares them with the ground truth's and leaves the order free.

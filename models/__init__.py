@@ -44,7 +44,6 @@ class BackboneEntry:
     config_keys: tuple  # constructor arguments that rebuild a model (read back from the model's attributes)
     # folder -> model, for the authors' released weights; None when there are none
     load_official: Callable[..., nn.Module] | None = None
-    official_hint: str = ""
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
@@ -57,10 +56,7 @@ def register_backbone(entry: BackboneEntry) -> BackboneEntry:
     return entry
 
 
-register_backbone(BackboneEntry(
-    "Jin", JinBackbone, ("width_mult",), load_official=load_official_jin,
-    official_hint="a folder holding center_v3.pth, F35_N8.pth, F26_N9_from_F35_N8.pth and "
-                  "F17_N9_from_F26_N9_from_F35_N8.pth"))
+register_backbone(BackboneEntry("Jin", JinBackbone, ("width_mult",), load_official=load_official_jin))
 register_backbone(BackboneEntry("JinCenter", JinCenterBackbone, ("width_mult",)))
 register_backbone(BackboneEntry(
     "Purohit", PurohitBackbone, ("width_mult", "center_width_mult", "feed_back_flow")))

@@ -1,4 +1,4 @@
-"""HyperCUT ordering model (SPEC 4): g joins two frames, f embeds the pair, a fixed hyperplane scores it.
+"""HyperCUT ordering model: g joins two frames, f embeds the pair, a fixed hyperplane scores it.
 
 A pair of frames (x_i, x_j) of a sharp sequence maps to d = f(g(x_i, x_j)) in R^D; the hyperplane's
 score h(d) should have opposite signs for a pair and its reverse, and the same sign for the nested
@@ -20,8 +20,9 @@ from torch import nn
 
 from models.chunking import chunk_size, default_budget
 from models.convention import REFERENCE_BGR_IMAGENET, InputConvention
-from models.hypercut_ext import CorrIm2Vec, FlowIm2Vec, MotionIm2Vec
+from models.hypercut_ext import CorrIm2Vec, FlowIm2Vec, MotionIm2Vec, crop_consistency_loss, random_subcrops
 from utils.checkpoint import CheckpointError, load_checkpoint, state_dict_mismatch
+from utils.seeds import stable_seed
 
 # The released f uses `nn.LeakyReLU(True)`, which passes True as negative_slope: slope 1.0, so the
 # "activation" is the identity and f is linear up to its residual blocks' ReLUs. The authors' weights
@@ -234,7 +235,7 @@ class HyperCUT(nn.Module):
         self.hyperplane = Hyperplane(out_dim, seed=hyperplane_seed)
         self.input_convention = input_convention
         self.config = {"out_dim": int(out_dim), "f_func": f_func, "g_func": g_func, "slope": float(slope)}
-        # Our extension (docs/ordering.md): both frames low-passed before g and f, so that f can only use
+        # Our extension (lab/ordering.md): both frames low-passed before g and f, so that f can only use
         # what survives a motion blur. Recorded in the config only when on: the paper's model is unchanged.
         self.lowpass = float(lowpass)
         if self.lowpass > 0:
@@ -306,6 +307,33 @@ def hypercut_loss(scores: torch.Tensor):
     same = torch.stack([u[:, 0] * u[:, 1], u[:, 1] * u[:, 2], u[:, 0] * u[:, 2]], dim=1)
     l_same = F.softplus(-same).mean()
     return 0.5 * l_diff + 0.5 * l_same, l_diff, l_same
+
+
+class OrderingObjective:
+    """HyperCUT's training loss on one batch, with our optional sub-crops and crop-consistency term.
+
+    With subcrop_size None and weight 0 this is exactly the paper's loss on the batch as given.
+    __call__(model, frames, key) -> (total, l_diff, l_same, l_crop, scores); l_crop is 0 when unused;
+    key (any repr-able value) seeds the sub-crops. The loss is computed in float32.
+    """
+
+    def __init__(self, subcrop_size: int | None = None, subcrops: int = 2, weight: float = 0.0, seed: int = 0):
+        if weight > 0 and (subcrop_size is None or subcrops < 2):
+            raise ValueError("--crop_consistency needs --subcrop_size and --subcrops >= 2")
+        self.subcrop_size, self.subcrops, self.weight, self.seed = subcrop_size, subcrops, float(weight), seed
+
+    def __call__(self, model, frames: torch.Tensor, key):
+        if self.subcrop_size is None:
+            _, scores = model(frames)
+            total, l_diff, l_same = hypercut_loss(scores.float())
+            return total, l_diff, l_same, total.new_zeros(()), scores
+        b = frames.shape[0]
+        crops = random_subcrops(frames, self.subcrop_size, self.subcrops, stable_seed("subcrop", self.seed, key))
+        _, scores = model(crops.flatten(0, 1))  # (B*K, 6)
+        scores = scores.float()
+        total, l_diff, l_same = hypercut_loss(scores)
+        l_crop = crop_consistency_loss(scores[:, 0].view(b, self.subcrops))
+        return total + self.weight * l_crop, l_diff, l_same, l_crop, scores
 
 
 def _forward_scores(scores: torch.Tensor) -> torch.Tensor:

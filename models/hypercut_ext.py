@@ -1,13 +1,14 @@
-"""Our extensions to HyperCUT's ordering model (not in the paper; off by default). See docs/ordering.md.
+"""Our extensions to HyperCUT's ordering model (not in the paper; off by default). See lab/ordering.md.
 
 HyperCUT's loss only asks that a pair and its reverse land on opposite sides and that the nested pairs
 of a sequence agree. Nothing in it prefers a rule that a deblurring network can read from the blur,
-and on the embedded dataset the rules it finds are not readable (FINDINGS 1). Two additions aim at a
-rule based on the global motion, which the blur does show (its axis, if not its sign):
+and on the embedded dataset the rules it finds are not readable (a probe reads the paper model's order at
+chance, lab/ordering.md section 1). Two additions aim at a rule based on the global motion, which the
+blur does show (its axis, if not its sign):
 
 * Crop consistency (`--crop_consistency W`): K random sub-crops of each training sequence must land on
   the same side: W * mean over crop pairs of softplus(-h(d1 of crop a) h(d1 of crop b)) is added to the
-  loss. A rule based on local content changes from crop to crop; one based on the camera's motion does
+  loss (models.hypercut.OrderingObjective). A rule based on local content changes from crop to crop; one based on the camera's motion does
   not.
 * A motion-capable f (`--f_func MotionIm2Vec`): the paper's f is linear up to 1/32 resolution (slope
   1.0), so for content that only translates it cannot compute the motion. This f reads, at 1/4, 1/8
@@ -22,8 +23,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from datasets.blur2vid import _seed_for
 
 
 class MotionIm2Vec(nn.Module):
@@ -181,31 +180,3 @@ def crop_consistency_loss(u1: torch.Tensor) -> torch.Tensor:
     k = u1.shape[1]
     a, b = torch.triu_indices(k, k, offset=1, device=u1.device)
     return F.softplus(-u1[:, a] * u1[:, b]).mean()
-
-
-class OrderingObjective:
-    """HyperCUT's training loss on one batch, with our optional sub-crops and crop-consistency term.
-
-    With subcrop_size None and weight 0 this is exactly the paper's loss on the batch as given.
-    __call__(model, frames, key) -> (total, l_diff, l_same, l_crop, scores); l_crop is 0 when unused;
-    key (any repr-able value) seeds the sub-crops. The loss is computed in float32.
-    """
-
-    def __init__(self, subcrop_size: int | None = None, subcrops: int = 2, weight: float = 0.0, seed: int = 0):
-        if weight > 0 and (subcrop_size is None or subcrops < 2):
-            raise ValueError("--crop_consistency needs --subcrop_size and --subcrops >= 2")
-        self.subcrop_size, self.subcrops, self.weight, self.seed = subcrop_size, subcrops, float(weight), seed
-
-    def __call__(self, model, frames: torch.Tensor, key):
-        from models.hypercut import hypercut_loss
-        if self.subcrop_size is None:
-            _, scores = model(frames)
-            total, l_diff, l_same = hypercut_loss(scores.float())
-            return total, l_diff, l_same, total.new_zeros(()), scores
-        b = frames.shape[0]
-        crops = random_subcrops(frames, self.subcrop_size, self.subcrops, _seed_for("subcrop", self.seed, key))
-        _, scores = model(crops.flatten(0, 1))  # (B*K, 6)
-        scores = scores.float()
-        total, l_diff, l_same = hypercut_loss(scores)
-        l_crop = crop_consistency_loss(scores[:, 0].view(b, self.subcrops))
-        return total + self.weight * l_crop, l_diff, l_same, l_crop, scores

@@ -26,13 +26,13 @@ import inference
 import test_blur2vid
 import train_blur2vid
 from datasets.blur2vid import Blur2VidDataset
-from datasets.transforms import read_image, to_uint8
+from datasets.transforms import read_image
 from datasets.writer import DatasetWriter
 from models import backbone_checkpoint_fields, backbone_names, build_backbone, load_backbone
 from models.backbones.jin import OFFICIAL_FILES, JinBackbone
 from models.hypercut import HyperCUT, load_hypercut
 from utils.checkpoint import CheckpointError
-from utils.images import save_png
+from utils.images import save_png, to_uint8
 from utils.metrics import ALEXNET_WEIGHTS_FILE, hit_con, psnr, ssim
 
 REPO = Path(__file__).resolve().parents[1]

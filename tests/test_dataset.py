@@ -164,8 +164,8 @@ def test_dataset_mixes_modes(tmp_path):
 
 
 def _aug_seed(ds, index):
-    from datasets.blur2vid import _seed_for
-    return _seed_for("aug", ds.seed, ds.epoch, index)
+    from utils.seeds import stable_seed
+    return stable_seed("aug", ds.seed, ds.epoch, index)
 
 
 # --- augmentation --------------------------------------------------------------------------------------
@@ -348,7 +348,7 @@ def test_bbox_crop_sizes(tmp_path, partition, expected, kind):
     augment = AugmentConfig(crop_size=None, affine_p=0, jitter_p=0, noise_p=0) if partition == "train" else None
     ds = Blur2VidDataset(tmp_path, partition, augment=augment)
     item = ds[0]
-    assert (BOX_SIZE_TRAIN, BOX_SIZE_EVAL) == ((192, 192), (192, 160))  # H x W, as SPEC 2
+    assert (BOX_SIZE_TRAIN, BOX_SIZE_EVAL) == ((192, 192), (192, 160))  # H x W, the reference's B-AIST++ crops
     assert item["blur"].shape == (3,) + expected and item["frames"].shape == (7, 3) + expected
     # the crop is around the box: its centre is the white person, the box fills most of the output
     assert float(item["blur"][:, 80:112, 64:96].min()) > 0.99

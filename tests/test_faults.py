@@ -1,4 +1,4 @@
-"""Faults of issue 24 (README "Reliability"): full disks and file-size limits, signals during saves, two writers
+"""Faults (README "Reliability"): full disks and file-size limits, signals during saves, two writers
 of one output, outputs that would overwrite inputs or one another, --resume with other flags, photos' EXIF
 orientation, and errors that were tracebacks. Each test checks that every input and earlier output is
 byte-identical afterwards. Tiny data (40x40 images, narrow models), one thread."""

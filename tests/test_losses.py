@@ -1,4 +1,4 @@
-"""Deblurring losses: naive, order-invariant, and the HyperCUT loss (SPEC 7)."""
+"""Deblurring losses: naive, order-invariant, and the HyperCUT loss."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""metadata.json (SPEC 2): every user error is one MetadataError from load_split naming the entry and the
+"""metadata.json: every user error is one MetadataError from load_split naming the entry and the
 path; orders, --target_frames, path resolution, B-AIST++ boxes; the seed README's example layout."""
 from __future__ import annotations
 

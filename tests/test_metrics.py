@@ -50,7 +50,7 @@ def _gen(seed: int = 0) -> torch.Generator:
 
 
 def _skimage_ssim(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The SPEC's reference: HWC float arrays on the 0..255 scale."""
+    """scikit-image's SSIM as the reference calls it: HWC float arrays on the 0..255 scale."""
     a = a.clamp(0, 1).permute(1, 2, 0).double().numpy() * 255
     b = b.clamp(0, 1).permute(1, 2, 0).double().numpy() * 255
     return structural_similarity(a, b, data_range=255, channel_axis=-1, gaussian_weights=True,

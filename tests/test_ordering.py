@@ -1,4 +1,4 @@
-"""Issue 11: recorded motion and the oracle order, the pit loss, our HyperCUT extensions, the probe."""
+"""The ordering study: recorded motion and the oracle order, the pit loss, our HyperCUT extensions, the probe."""
 import json
 import math
 
@@ -7,14 +7,14 @@ import torch
 
 import generate_order
 import prepare_dataset
-import probe_order
 import train_hypercut
 from datasets.synthetic import SyntheticConfig, load_photo, prepare_photo, render_sequence
 from losses import build_loss, naive_loss
 from losses.pit import pit_terms
-from models.hypercut import HyperCUT, hypercut_loss, load_hypercut
-from models.hypercut_ext import MotionIm2Vec, OrderingObjective, crop_consistency_loss, random_subcrops
+from models.hypercut import HyperCUT, OrderingObjective, hypercut_loss, load_hypercut
+from models.hypercut_ext import MotionIm2Vec, crop_consistency_loss, random_subcrops
 from _cli import one_line_error
+from lab import probe_order
 from utils.motion import phase_correlation
 
 
@@ -192,7 +192,7 @@ def test_probe_bad_inputs(tiny, capsys):
 
 def matrix_args(tiny, **kw):
     import argparse
-    from experiments import order_matrix as om
+    from lab.experiments import order_matrix as om
     base = dict(tiny=tiny, device="cuda", num_workers=2, data_workers=4, ablations=not tiny, probe=True,
                 budgets=list(om.BUDGETS), rows=None, hypercuts=list(om.MATRIX_HYPERCUTS), minutes=6.0,
                 wide_epochs=None)
@@ -202,7 +202,7 @@ def matrix_args(tiny, **kw):
 def test_order_matrix_jobs_are_well_formed(tmp_path):
     """The GPU driver's job list: every dependency names a job, every script exists, every training
     writes where its evaluation reads, and the matrix has its rows at every budget."""
-    from experiments import order_matrix as om
+    from lab.experiments import order_matrix as om
     for tiny in (True, False):
         work = tmp_path / f"work_{tiny}"
         jobs = om.build_jobs(matrix_args(tiny), work, tmp_path / "out")
@@ -210,7 +210,8 @@ def test_order_matrix_jobs_are_well_formed(tmp_path):
         assert len(names) == len(jobs)
         for j in jobs:
             assert j.deps <= names, (j.name, j.deps - names)
-            assert (om.REPO / j.script).is_file()
+            script = j.script if j.script.endswith(".py") else j.script.replace(".", "/") + ".py"
+            assert (om.REPO / script).is_file(), j.script
             assert "--device" not in j.args or j.args[j.args.index("--device") + 1] == "cuda"
             if j.name != "data":  # everything waits for the dataset, even if its other dependencies are done
                 assert "data" in j.deps, j.name
@@ -255,7 +256,7 @@ def test_order_matrix_jobs_are_well_formed(tmp_path):
 
 
 def test_order_matrix_selects_budgets_rows_and_hypercuts(tmp_path):
-    from experiments import order_matrix as om
+    from lab.experiments import order_matrix as om
     jobs = om.build_jobs(matrix_args(False, budgets=["wide"], rows=["naive", "oracle", "hcloss_ext_a0"],
                                      hypercuts=["ext"], ablations=False, probe=False), tmp_path / "w", tmp_path / "o")
     names = {j.name for j in jobs}
@@ -278,7 +279,7 @@ def test_order_matrix_selects_budgets_rows_and_hypercuts(tmp_path):
 
 def test_order_matrix_runs_evaluations_after_the_launch_deadline(tmp_path, capsys):
     """Past --launch_deadline no training starts, but the evaluation of one that finished still does."""
-    from experiments import order_matrix as om
+    from lab.experiments import order_matrix as om
     script = tmp_path / "touch.py"
     script.write_text("import sys, time, pathlib\ntime.sleep(float(sys.argv[2]))\npathlib.Path(sys.argv[1]).touch()\n")
     a, b, c = (tmp_path / n for n in "abc")
@@ -292,7 +293,7 @@ def test_order_matrix_runs_evaluations_after_the_launch_deadline(tmp_path, capsy
 
 
 def test_last_epoch_terms_reads_the_train_log(tmp_path):
-    from experiments.order_matrix import last_epoch_terms
+    from lab.experiments.order_matrix import last_epoch_terms
     log = tmp_path / "log.txt"
     log.write_text("2026-01-01 00:00:00 epoch 1/2 | step 5 | total 0.50000 | base 0.40000 | reg 0.50000 | "
                    "flipped 4.00000 | lr 0.0005 | 3.0 s (total 3.0 s)\n"
@@ -440,9 +441,9 @@ def test_method_figures_with_each_backbone(tiny, tmp_path):
 
 
 def test_wide_report_reads_json_csv_and_logs(tmp_path, capsys):
-    """experiments/wide_report.py: figures from a run's JSON, or its CSV when only that came back; the loss
+    """lab/experiments/wide_report.py: figures from a run's JSON, or its CSV when only that came back; the loss
     curve from log.txt (the hypercut loss's base term); gains on frames 1/7 over random order and order_inv."""
-    from experiments import wide_report
+    from lab.experiments import wide_report
     res = tmp_path / "res"
     res.mkdir()
     (res / "blur.json").write_text(json.dumps({"pPSNR": [19.0, 20, 21, 22, 21, 20, 19.0],
@@ -469,7 +470,7 @@ def test_wide_report_reads_json_csv_and_logs(tmp_path, capsys):
     assert "| hypercut loss, our HyperCUT, alpha 0 | 2 / 44 | 19.50 | - |" in text and "(no log)" in text
     assert "crop size:" not in text and summary["runs"]["naive"]["tiled"] is None
     assert "hcloss_ext_a0: +1.25 over random, +2.50 over order inv" in text
-    # a later call without order_inv (benchmarks/device_wide.sh): the gains over what it has
+    # a later call without order_inv (lab/benchmarks/device_wide.sh): the gains over what it has
     (res / "jin_wide_order_inv.csv").unlink()
     assert wide_report.main(["--results", str(res), "--out", str(out), "--figures", str(tmp_path / "f")]) == 0
     assert "hcloss_ext_a0: +1.25 over random" in out.read_text() and "order inv" not in out.read_text()
@@ -517,7 +518,7 @@ class _GroundTruth(torch.nn.Module):
 def test_ordering_figures_order_table(tiny, tmp_path, capsys):
     """ordering_figures.py --hypercut: which order each model follows, per HyperCUT, as JSON and a table."""
     from datasets.blur2vid import Blur2VidDataset
-    from experiments import ordering_figures
+    from lab.experiments import ordering_figures
     from utils.checkpoint import save_checkpoint
     dataset = Blur2VidDataset(tiny, "test", augment=None)
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Purohit backbone (SPEC 6): warping, flow feedback, sizes, the centre, both stages, its losses."""
+"""Purohit backbone: warping, flow feedback, sizes, the centre, both stages, its losses."""
 import math
 
 import pytest
@@ -241,7 +241,7 @@ def test_parameter_counts_at_width_one():
     assert n_params(model.bie) == image_encoder(6) == 1_648_704
     assert n_params(model.rve) == image_encoder(3) + lstm(128, 128) == 2_824_064
     assert n_params(model.rvd) == flow_encoder + lstm(128, 128) + flow_decoder == 1_946_804
-    assert n_params(model.center_net) == 4_972_032  # Jin's middle network (SPEC 5)
+    assert n_params(model.center_net) == 4_972_032  # Jin's released middle network (center_v3.pth)
     assert n_params(model) == 11_391_604
 
 

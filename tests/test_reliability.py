@@ -42,7 +42,7 @@ from utils.run import Run, restore_training_state
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ("train_hypercut", "test_hypercut", "generate_order", "train_blur2vid", "test_blur2vid", "inference",
-           "prepare_dataset", "run_demo", "probe_order")
+           "prepare_dataset", "run_demo", "lab.probe_order")
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 

@@ -3,11 +3,11 @@ dataset in the seed layout: they must all run, and the two evaluations must pick
 import json
 import shlex
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 from _cli import one_line_error
+from _tiny import synthetic_dataset
 
 import generate_order
 import test_blur2vid
@@ -15,8 +15,6 @@ import test_hypercut
 import train_blur2vid
 import train_hypercut
 from datasets.blur2vid import Blur2VidDataset
-from datasets.synthetic import SyntheticConfig, generate
-from datasets.writer import DatasetWriter
 
 # Verbatim from the reference's README (`dataname` and the paths are the user's).
 SEED_COMMANDS = """
@@ -66,9 +64,7 @@ def seed_layout(tmp_path, monkeypatch):
         raise OSError("offline (test)")
 
     monkeypatch.setattr("utils.metrics._download", offline)
-    cfg = SyntheticConfig(size=48, counts={"train": 8, "val": 2, "test": 2}, seed=3)
-    writer = DatasetWriter(tmp_path / "path" / "to")
-    writer.commit(generate(cfg, writer, progress=False))
+    synthetic_dataset(tmp_path / "path" / "to", size=48, counts={"train": 8, "val": 2, "test": 2}, seed=3)
     (tmp_path / "orders").mkdir()
     return tmp_path
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ("generate_order", "inference", "prepare_dataset", "probe_order", "run_demo", "test_blur2vid",
+SCRIPTS = ("generate_order", "inference", "prepare_dataset", "lab/probe_order", "run_demo", "test_blur2vid",
            "test_hypercut", "train_blur2vid", "train_hypercut")
 
 

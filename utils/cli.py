@@ -2,7 +2,7 @@
 
 - `ArgumentParser`: argparse whose errors are one line (`error: ...`, exit 2), not a usage block.
 - Flag groups the scripts share, each flag declared once: `add_runtime_args` (--device, --batch_size,
-  --num_workers), `add_data_args`, `add_train_args`; the reference's shared parser (SPEC 9) is covered
+  --num_workers), `add_data_args`, `add_train_args`; the reference's shared parser is covered
   by them with its flag names and meanings, plus this project's own flags.
 - `check_flags`: every numeric flag a script has is checked for range and finiteness before any work.
 - `run_main`: the scripts' main(): a `UserError` becomes one `error: ...` line (exit 2), Ctrl-C one line
@@ -12,23 +12,64 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import math
 import os
+import re
 import secrets
 import signal
 import sys
+import textwrap
 import threading
 from pathlib import Path
 
 from utils.errors import FlagError, UserError
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """--help as a user reads it: every flag ends with its default, unless its help already names one (or it
+    is required); the description and epilog are wrapped, but their indented lines (example commands) are
+    kept as written."""
+
+    def _fill_text(self, text, width, indent):
+        lines = []
+        for line in text.splitlines():
+            if line.startswith(" ") or not line.strip():
+                lines.append(indent + line)
+            else:
+                lines += textwrap.wrap(line, width, initial_indent=indent, subsequent_indent=indent)
+        return "\n".join(lines)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or re.search(r"\bdefault", text, re.I):
+            return text
+        if action.required:
+            note = "required"
+        elif action.nargs == 0:  # a switch: --flag on, or off when it is not given
+            note = "default: off"
+        elif action.default is None or action.default == []:
+            note = "default: none"
+        elif isinstance(action.default, (list, tuple)):
+            note = "default: " + " ".join(map(str, action.default))
+        else:
+            note = f"default: {action.default}"
+        return f"{text} ({note.replace('%', '%%')})".strip()
+
+    def _format_action(self, action):
+        if action.option_strings and action.help is None:  # argparse prints nothing for a flag without help
+            action = copy.copy(action)
+            action.help = self._get_help_string(action)
+        return super()._format_action(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad command line ends in one line like every other user error. Help keeps the
-    script's docstring as written."""
+    """argparse, but a bad command line ends in one line like every other user error, and --help shows
+    every flag's default (HelpFormatter): scripts give a one- or two-line description and an example in
+    the epilog."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
@@ -54,7 +95,8 @@ def add_data_args(parser: argparse.ArgumentParser, *, limits=("train", "val", "t
     g.add_argument("--metadata_root", required=True, help="dataset root holding metadata.json (or the file itself)")
     g.add_argument("--dataset_name", default=None,
                    help="a name for the dataset in run names and reports (default: the metadata's 'name')")
-    g.add_argument("--data_root", default=None, help="resolve relative paths against this folder instead")
+    g.add_argument("--data_root", default=None,
+                   help="resolve relative paths against this folder instead (default: the metadata file's folder)")
     if target_frames:
         g.add_argument("--target_frames", type=int, nargs="+", default=None,
                        help="1-based frames to load, distinct, in the order given: each sequence is loaded as "
@@ -64,36 +106,40 @@ def add_data_args(parser: argparse.ArgumentParser, *, limits=("train", "val", "t
                    help="before any work, read only the image headers (sizes) instead of decoding every "
                         "image in full (which also catches truncated files)")
     for split in limits:
-        g.add_argument(f"--{split}_limit", type=int, default=None, help=f"use only the first N {split} sequences")
+        g.add_argument(f"--{split}_limit", type=int, default=None,
+                       help=f"use only the first N {split} sequences (default: all)")
 
 
 def add_train_args(parser: argparse.ArgumentParser, *, epochs: int = 100, lr: float = 5e-4,
                    crop_size: int = 256, val_epoch: int = 5, display_step: int = 100,
                    images: bool = True) -> None:
-    """Run folder, schedule and optimisation: the reference's flags (SPEC 9 defaults) and ours."""
+    """Run folder, schedule and optimisation: the reference's flags (with its defaults) and ours."""
     g = parser.add_argument_group("run")
     g.add_argument("--exp_name", default=None,
                    help="run name: everything goes to <checkpoints_dir>/<exp_name>/ (default: the reference's name)")
-    g.add_argument("--checkpoints_dir", default="checkpoints")
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--checkpoints_dir", default="checkpoints", help="folder of the runs")
+    g.add_argument("--seed", type=int, default=42, help="seed of the weights, crops and augmentations")
     g.add_argument("--resume", action="store_true", help="continue from the run's latest training state")
-    g.add_argument("--load_epoch", type=int, default=None, help="continue from the training state of this epoch")
+    g.add_argument("--load_epoch", type=int, default=None,
+                   help="continue from the training state of this epoch (default: the latest, with --resume)")
     g.add_argument("--pretrained_path", default=None, help="start from these weights (a checkpoint of this model)")
     g.add_argument("--allow_changes", nargs="+", default=None, metavar="FLAG",
                    help="with --resume: apply these flags although they differ from the run's (e.g. lr batch_size); "
                         "any other difference that changes the run is refused. Recorded in args_resume.json, the "
                         "log and every later checkpoint (resume_history)")
     g = parser.add_argument_group("training")
-    g.add_argument("--epochs", "--num_epochs", dest="epochs", type=int, default=epochs)
-    g.add_argument("--max_steps", type=int, default=None, help="stop after this many optimiser steps (smoke runs)")
+    g.add_argument("--epochs", "--num_epochs", dest="epochs", type=int, default=epochs, help="epochs to train")
+    g.add_argument("--max_steps", type=int, default=None,
+                   help="stop after this many optimiser steps (smoke runs; default: no limit)")
     g.add_argument("--time_limit", type=float, default=None,
                    help="minutes: end the run at the first step after this much training time in this call, as if "
-                        "it were the last epoch (validated, model saved; --resume continues from the last complete epoch)")
+                        "it were the last epoch (validated, model saved; --resume continues from the last complete "
+                        "epoch; default: no limit)")
     g.add_argument("--crop_size", type=int, default=crop_size, help="training crop (square)")
     g.add_argument("--no_augment", action="store_true", help="train on the images as stored (crop only)")
-    g.add_argument("--optimizer", default="ADAMax", choices=("SGD", "ADAM", "RMSprop", "ADAMax"))
+    g.add_argument("--optimizer", default="ADAMax", choices=("SGD", "ADAM", "RMSprop", "ADAMax"), help="optimiser")
     g.add_argument("--lr", type=float, default=lr, help="learning rate")
-    g.add_argument("--weight_decay", type=float, default=0.0)
+    g.add_argument("--weight_decay", type=float, default=0.0, help="L2 weight decay")
     g.add_argument("--decay_type", default="step",
                    help="'step' (x gamma every --lr_decay epochs) or 'step_a_b_c' (x gamma at epochs a, b, c)")
     g.add_argument("--lr_decay", type=int, default=3, help="epochs between decays of --decay_type step")
@@ -119,14 +165,14 @@ def add_checkpoint_args(parser: argparse.ArgumentParser, what: str) -> None:
                    help=f"{what} (default: the latest model of the run named by --exp_name)")
     g.add_argument("--exp_name", default=None, help="run whose model to use (default: the reference's run name)")
     g.add_argument("--load_epoch", type=int, default=None, help="use the run's model of this epoch (default: latest)")
-    g.add_argument("--checkpoints_dir", default="checkpoints")
+    g.add_argument("--checkpoints_dir", default="checkpoints", help="folder of the runs")
 
 
 def add_eval_args(parser: argparse.ArgumentParser, splits) -> None:
     g = parser.add_argument_group("evaluation")
-    g.add_argument("--split", default="test", choices=splits)
+    g.add_argument("--split", default="test", choices=splits, help="split to evaluate")
     g.add_argument("--seed", type=int, default=42, help="seed of the draws for entries with order 'random'")
-    g.add_argument("--output_json", default=None, help="also write the figures to this JSON file")
+    g.add_argument("--output_json", default=None, help="also write the figures to this JSON file (default: print only)")
 
 
 # --- checks ---------------------------------------------------------------------------------------
@@ -161,11 +207,11 @@ _RANGES = {
     # Purohit (train_blur2vid.py)
     "mu": (0, False, None), "embed_weight": (0, False, None), "center_weight": (0, False, None),
     "center_width_mult": (0, True, 4.0), "stage": (1, False, 2),
-    # probe_order.py
+    # lab/probe_order.py
     "train_crops": (1, False, None), "test_crops": (1, False, None), "min_motion": (0, False, None),
     "steps": (1, False, None), "subcrop_size": (1, False, None), "subcrops": (1, False, None),
     "crop_consistency": (0, False, None), "workers": (1, False, 256),
-    # experiments/
+    # lab/experiments/
     "minutes": (0, True, None), "wide_epochs": (1, False, None), "jobs": (1, False, 256),
 }
 

@@ -70,21 +70,3 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
     parts = [None] * dist.get_world_size()
     dist.all_gather_object(parts, t)
     return torch.cat(parts)
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum of a tensor over all ranks (a copy; the input is left as it was)."""
-    if not is_distributed():
-        return t
-    out = t.clone()
-    dist.all_reduce(out)
-    return out
-
-
-def broadcast_object(obj, src: int = 0):
-    """Rank src's object on every rank."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]

@@ -55,7 +55,7 @@ def memory_advice(doing: str, images: torch.Tensor, device, tile: int | None = N
 def hypercut_scores(model, loader: DataLoader, device: torch.device, desc: str = "scoring",
                     dist_info: DistInfo | None = None) -> torch.Tensor:
     """Hyperplane scores (N, 6) of every sequence of an eval loader (make_eval_loader) in dataset
-    order: h(d1), h(dbar1), h(d2), h(dbar2), h(d3), h(dbar3) (SPEC 4). Runs the model in eval mode,
+    order: h(d1), h(dbar1), h(d2), h(dbar2), h(d3), h(dbar3). Runs the model in eval mode,
     in float32, and leaves the global RNG as it was (validation must not shift a training run).
     Under torch.distributed every rank must call it and every rank gets all N rows."""
     model = unwrap(model)

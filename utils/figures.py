@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from datasets.transforms import to_uint8
 from utils.checkpoint import atomic_write_bytes
+from utils.images import to_uint8
 
 
 def _pil(image: torch.Tensor):

@@ -9,9 +9,13 @@ from pathlib import Path
 import torch
 from torchvision.io import encode_png
 
-from datasets.transforms import to_uint8
 from utils.checkpoint import atomic_write_bytes, atomic_write_files
 from utils.errors import UserError
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """RGB float [0, 1] -> uint8, rounded."""
+    return x.clamp(0, 1).mul(255.0).round_().to(torch.uint8)
 
 
 def png_bytes(image: torch.Tensor, compression_level: int = 6) -> bytes:

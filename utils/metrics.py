@@ -1,4 +1,4 @@
-"""Image and ordering metrics shared by test_blur2vid.py and test_hypercut.py (SPEC 8 and 4).
+"""Image and ordering metrics shared by test_blur2vid.py and test_hypercut.py.
 
 Images arrive as the project passes them between modules: RGB float in [0, 1], shape (B, C, H, W) or
 (B, T, C, H, W). Every metric clamps them to [0, 1] and scales to 0..255 (float, not rounded), keeps the
@@ -107,7 +107,7 @@ _SSIM_TRUNCATE = 3.5  # skimage's choice: radius int(3.5 * 1.5 + 0.5) = 5, an 11
 _SSIM_K1, _SSIM_K2 = 0.01, 0.03
 # Image planes (one colour of one image) per chunk, in pixels: the five filtered maps of a chunk stay
 # within a CPU's cache (measured: 256K pixels was 1.4x faster at 720x1280 than 1M, and 3x faster at
-# 128x128 than 4M; benchmarks/results/metrics_speed.md). Also bounds memory for large frames.
+# 128x128 than 4M; lab/benchmarks/results/metrics_speed.md). Also bounds memory for large frames.
 _SSIM_CHUNK_PIXELS = 1 << 18
 
 
@@ -383,7 +383,7 @@ class LPIPSMetric:
 
 
 # ----------------------------------------------------------------------------------------------------
-# order-agnostic p-metrics (SPEC 8)
+# order-agnostic p-metrics (the paper's pPSNR, pSSIM, pLPIPS)
 
 Metric = Callable[[Tensor, Tensor], Tensor]
 
@@ -554,12 +554,12 @@ class SequenceMetrics:
 
 
 # ----------------------------------------------------------------------------------------------------
-# HyperCUT hit / consistency (SPEC 4)
+# HyperCUT hit / consistency (the paper's hit and con@k)
 
 
 def ordering_stats(scores: Tensor | Iterable) -> dict[str, Tensor]:
     """Per-sequence BoolTensors (N,) from hyperplane scores (N, 6) ordered h(d1), h(dbar1), h(d2),
-    h(dbar2), h(d3), h(dbar3) (SPEC 4): hit1..hit3 (h(d_k) * h(dbar_k) < 0), con2 (sign h(d1) =
+    h(dbar2), h(d3), h(dbar3): hit1..hit3 (h(d_k) * h(dbar_k) < 0), con2 (sign h(d1) =
     sign h(d2)) and con3 (all three signs equal). Like the order rule (u1 * u2 > 0), a zero score
     agrees with nothing."""
     s = torch.as_tensor(scores).detach().to("cpu", torch.float64)

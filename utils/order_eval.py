@@ -131,15 +131,14 @@ def shift_images(images: torch.Tensor, displacement: torch.Tensor) -> torch.Tens
 
 @torch.no_grad()
 def motion_baselines(dataset, device, batch_size: int = 16) -> dict:
-    """References that know each sequence's recorded motion (`motion` of the synthetic datasets, frame 1 ->
-    N in stored order; reversed with the entry): pPSNR / pSSIM per frame of
+    """References that know each sequence's recorded motion (Blur2VidDataset.motion: frame 1 -> N in the
+    order the entry is loaded): pPSNR / pSSIM per frame of
       oracle_warp   the blurry image moved along the motion to each frame's time (no deblurring at all:
                     what reading the motion alone buys);
       centre_warp   the true middle frame moved the same way (a perfect centre, then the motion: close to
                     the ceiling of a network that predicts the outer frames from its centre).
     The middle frame of oracle_warp is the blur, of centre_warp the truth. They bound what an order can buy:
     a network trained on an order it can read may approach them, one trained on a random order may not."""
-    from datasets.ordering import entry_motion
     from utils.metrics import SequenceMetrics
     n = dataset.frame_per_seq
     # time of each loaded frame relative to the middle, as a fraction of the frame 1 -> N span
@@ -149,8 +148,7 @@ def motion_baselines(dataset, device, batch_size: int = 16) -> dict:
     for start in range(0, len(dataset), batch_size):
         idx = range(start, min(start + batch_size, len(dataset)))
         items = [dataset[i] for i in idx]
-        motion = torch.tensor([entry_motion(dataset.entries[i].raw, i) for i in idx])
-        motion = motion * torch.tensor([-1.0 if dataset.reversed[i] else 1.0 for i in idx])[:, None]
+        motion = torch.tensor([dataset.motion(i) for i in idx])
         blur = torch.stack([it["blur"] for it in items]).to(device)
         gt = torch.stack([it["frames"] for it in items]).to(device)
         for name, source in (("oracle_warp", blur), ("centre_warp", gt[:, middle])):

@@ -1,5 +1,5 @@
 """What the train scripts share besides the run folder (utils/run.py): optimiser and schedule (the
-reference's choices, SPEC 9), seeds, the training loader, progress bars.
+reference's choices), seeds, the training loader, progress bars.
 
 Exact resume: the shuffle order is a function of (seed, epoch) (DistributedSampler with set_epoch, also
 with one process) and the augmentation of (seed, epoch, index) (see datasets/blur2vid.py); the state
@@ -128,7 +128,7 @@ def add_speed_args(parser) -> None:
                         "losses are computed in float32")
     g.add_argument("--channels_last", action="store_true", help="channels-last memory format (pays on GPUs)")
     g.add_argument("--skip_nonfinite", type=int, default=0,
-                   help="skip up to N batches whose loss is not finite (default 0: the first one stops the run)")
+                   help="skip up to N batches whose loss is not finite (default: 0, the first one stops the run)")
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:

@@ -102,7 +102,8 @@ def _stage(channels: int, dilations) -> nn.Sequential:
     return nn.Sequential(*[ResBlock(channels, d) for d in dilations])
 
 
-def _width(base: int, width_mult: float) -> int:
+def scaled_width(base: int, width_mult: float) -> int:
+    """A layer's channels at --width_mult: the official count scaled and rounded, at least 1."""
     return max(1, round(base * width_mult))
 
 
@@ -138,7 +139,7 @@ class MiddleNetwork(nn.Module):
 
     def __init__(self, width_mult: float = 1.0):
         super().__init__()
-        depth, c, tail = self.factor ** 2, _width(144, width_mult), _width(64, width_mult)
+        depth, c, tail = self.factor ** 2, scaled_width(144, width_mult), scaled_width(64, width_mult)
         self.conv1_B = _conv(depth, c, 5)
         self.LocalGrad1 = _stage(c, [(1, 1)] * 3)
         self.LocalGrad2 = _stage(c, [(1, 2), (2, 4), (4, 8)])
@@ -178,7 +179,7 @@ class InnerNetwork(nn.Module):
     def __init__(self, plain_blocks: int, width_mult: float = 1.0):
         super().__init__()
         depth = self.factor ** 2
-        cb, cs, tail = _width(64, width_mult), _width(32, width_mult), _width(32, width_mult)
+        cb, cs, tail = scaled_width(64, width_mult), scaled_width(32, width_mult), scaled_width(32, width_mult)
         c = cb + 2 * cs
         self.conv1_B = _conv(depth, cb, 5)
         self.conv1_S1 = _conv(depth, cs, 5)
@@ -218,7 +219,7 @@ def start_as_reference(net: nn.Module) -> None:
     nn.init.zeros_(net.conv3.weight)
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Reflect-pad bottom and right up to a multiple (nothing when already one)."""
     h, w = x.shape[-2:]
     ph, pw = -h % multiple, -w % multiple
@@ -253,7 +254,7 @@ class JinCenterBackbone(nn.Module):
         if center is not None:
             raise ValueError("JinCenterBackbone predicts the middle frame itself: --middle_frame gt does not apply")
         h, w = blur.shape[-2:]
-        b = _pad_to_multiple(self.input_convention.to_network(blur, channel_dim=1), SIZE_MULTIPLE)
+        b = pad_to_multiple(self.input_convention.to_network(blur, channel_dim=1), SIZE_MULTIPLE)
         x4 = self.input_convention.from_network(self.center(b)[..., :h, :w], channel_dim=1)
         return {"frames": x4[:, None], "center": x4}
 
@@ -293,13 +294,6 @@ class JinBackbone(nn.Module):
             for net in (self.frame3, self.frame5, self.frame26, self.frame17):
                 start_as_reference(net)
 
-    @staticmethod
-    def official_keys(name: str | None = None) -> dict:
-        """{our prefix: official prefix} for one official file ("center", "f35", "f26", "f17"),
-        or {name: that mapping} for all four."""
-        table = {n: dict(prefixes) for n, _, prefixes in OFFICIAL_FILES}
-        return table if name is None else table[name]
-
     def forward(self, blur: torch.Tensor, center: torch.Tensor | None = None) -> dict:
         """The backbone contract (models/__init__.py): {"frames": (B, 7, 3, H, W), "center": frame 4}.
         center: a central frame (B, 3, H, W) to use instead of the middle network's (an oracle centre)."""
@@ -308,11 +302,11 @@ class JinBackbone(nn.Module):
         if center is not None and center.shape != blur.shape:
             raise ValueError(f"center {tuple(center.shape)} and blur {tuple(blur.shape)} differ in shape")
         h, w = blur.shape[-2:]
-        b = _pad_to_multiple(self.input_convention.to_network(blur, channel_dim=1), SIZE_MULTIPLE)
+        b = pad_to_multiple(self.input_convention.to_network(blur, channel_dim=1), SIZE_MULTIPLE)
         if center is None:
             x4 = self.center(b)
         else:
-            x4 = _pad_to_multiple(self.input_convention.to_network(center, channel_dim=1), SIZE_MULTIPLE)
+            x4 = pad_to_multiple(self.input_convention.to_network(center, channel_dim=1), SIZE_MULTIPLE)
         x3 = self.frame3(b, x4, x4) + x4
         x5 = self.frame5(b, x3, x4) + x4
         x2 = self.frame26(b, x4, x3) + x3

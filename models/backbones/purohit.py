@@ -9,7 +9,8 @@ ConvLSTM (its cell state starts at zero). At every time step the RVD encodes the
 full-resolution flow (zero at the first step), advances the ConvLSTM, predicts flow coarse to fine
 and warps the central frame, downscaled per scale, by each flow.
 
-Decisions (the reference has no RVE and no stage-1 code; SPEC 6 lists its defects, none copied):
+Decisions (the reference has no RVE and no stage-1 code, and its defects, such as a flow feedback that is
+always zero, are not copied):
 - Time steps: the RVD runs 7 steps, step t producing frame t+1, the centre frame 4 included (step
   3 warps the centre by its own predicted flow, ideally zero). One step per frame keeps the
   recurrence on the uniform time line it models, and it is what the reference and the published
@@ -37,16 +38,12 @@ flow decoder 277,668); centre network 4,972,032 (Jin's middle network); total 11
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.backbones.jin import MiddleNetwork, _pad_to_multiple, _width, load_middle_network
+from models.backbones.jin import MiddleNetwork, load_middle_network, pad_to_multiple, scaled_width
 from models.convention import RGB_UNIT
-from utils.checkpoint import CheckpointError, load_checkpoint
 
 NUM_SCALES = 4
 SIZE_MULTIPLE = 2 ** (NUM_SCALES - 1)  # three stride-2 levels
@@ -99,7 +96,7 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor):
 def _pad(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Reflect-pad the last two dimensions (bottom, right) to a multiple; any leading shape."""
     lead = x.shape[:-3]
-    y = _pad_to_multiple(x.reshape(-1, *x.shape[-3:]), multiple)
+    y = pad_to_multiple(x.reshape(-1, *x.shape[-3:]), multiple)
     return y.reshape(*lead, *y.shape[-3:])
 
 
@@ -137,7 +134,7 @@ def image_encoder(in_channels: int, width_mult: float) -> nn.Sequential:
     """Seven conv5x5 + LeakyReLU(0.1): 64, 64, 64/2, 128, 128, 128/2, 128/2 -> 1/8 resolution."""
     layers, cin = [], in_channels
     for channels, stride in IMAGE_ENCODER_LAYERS:
-        cout = _width(channels, width_mult)
+        cout = scaled_width(channels, width_mult)
         layers += [nn.Conv2d(cin, cout, 5, stride=stride, padding=2), nn.LeakyReLU(LRELU_SLOPE)]
         cin = cout
     return nn.Sequential(*layers)
@@ -161,7 +158,7 @@ class RecurrentVideoEncoder(nn.Module):
     def __init__(self, width_mult: float = 1.0):
         super().__init__()
         self.encoder = image_encoder(3, width_mult)
-        channels = _width(EMBEDDING_CHANNELS, width_mult)
+        channels = scaled_width(EMBEDDING_CHANNELS, width_mult)
         self.lstm = ConvLSTMCell(channels, channels)
 
     def forward(self, frames):
@@ -231,8 +228,8 @@ class RecurrentVideoDecoder(nn.Module):
 
     def __init__(self, width_mult: float = 1.0, feed_back_flow: bool = True):
         super().__init__()
-        channels = tuple(_width(c, width_mult) for c in FLOW_CHANNELS)
-        hidden = _width(EMBEDDING_CHANNELS, width_mult)
+        channels = tuple(scaled_width(c, width_mult) for c in FLOW_CHANNELS)
+        hidden = scaled_width(EMBEDDING_CHANNELS, width_mult)
         self.feed_back_flow = bool(feed_back_flow)
         self.flow_encoder = FlowEncoder(channels)
         self.lstm = ConvLSTMCell(channels[-1], hidden)
