@@ -165,7 +165,8 @@ def test_the_reader_finds_lab_modules_and_refuses_lab_paths(tmp_path):
     assert {"lab.probe_order", "lab.experiments.order_matrix", "lab.benchmarks.bench"} <= set(LAB_SCRIPTS)
 
 
-@pytest.mark.parametrize("doc", DOCS + ["script docstrings"], ids=lambda p: getattr(p, "name", p))
+@pytest.mark.parametrize("doc", DOCS + ["script docstrings"],
+                         ids=lambda p: str(p.relative_to(REPO)) if isinstance(p, Path) else p)
 def test_documented_commands_match_the_parsers(doc):
     calls = _script_docstring_calls() if doc == "script docstrings" else doc_commands(doc)
     parsers = {}
@@ -181,5 +182,8 @@ def test_documented_commands_match_the_parsers(doc):
             parsers[name] = _parsers(name)
         problems += [f"{where}: {p}" for p in check_call(name, args, parsers[name])]
     assert not problems, "\n".join(problems)
-    if getattr(doc, "name", doc) in ("README.md", "ordering.md", "script docstrings"):
-        assert len(calls) > 20  # the reader really found the commands
+    # the reader really found the commands (the short README has one example per script)
+    least = {REPO / "README.md": 10, REPO / "docs" / "usage.md": 20, REPO / "lab" / "ordering.md": 20,
+             "script docstrings": 20}
+    if doc in least:
+        assert len(calls) >= least[doc], (len(calls), least[doc])
