@@ -92,6 +92,7 @@ SETTINGS = {
     },
 }
 INFERENCE_IMAGES = 4
+TEST_BATCH = 8  # sequences per evaluation batch: the same figures as one by one, in about half the time
 
 
 class StageFailed(UserError):
@@ -156,10 +157,11 @@ def run_stage(name: str, script: str, args: list, log) -> None:
 
 
 def run_chains(chains: dict, jobs: int, threads: int, logs: Path, log) -> None:
-    """Run chains of stages {chain name: [(stage name, script, args), ...]}, up to `jobs` chains at once, the
-    stages of a chain one after another, each process with `threads` torch threads; each chain's output goes
-    to logs/<chain>.log. Small networks on a CPU use one core badly: two one-thread trainings side by side
-    do about 1.6x the work of one two-thread training (measured on 2 cores, narrow Jin, 40x40 crops), but more
+    """Run chains of stages {chain name: [(stage name, script, args[, needs]), ...]}, up to `jobs` chains at once,
+    in the dict's order, the stages of a chain one after another, each process with `threads` torch threads;
+    each chain's output goes to logs/<chain>.log. A stage with `needs` (a chain name) starts once that chain
+    has finished. Small networks on a CPU use one core badly: two one-thread trainings side by side do about
+    1.6x the work of one two-thread training (measured on 2 cores, narrow Jin, 40x40 crops), but more
     processes than cores lose again: five one-thread runs on 2 cores took 175 s per epoch each (35 s per
     run-epoch), two took 56-58 s (28-29 s per run-epoch)."""
     import threading
@@ -167,6 +169,11 @@ def run_chains(chains: dict, jobs: int, threads: int, logs: Path, log) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
     unfinished = [len([c for c in chains.values() if c])]
+    finished = {chain: threading.Event() for chain in chains}
+    for chain, stages in chains.items():
+        if not stages:  # nothing to run: done already
+            finished[chain].set()
+    failed: set = set()
 
     def env_now() -> dict:
         """The cores shared by the chains still running or waiting (the last chains get them all)."""
@@ -183,26 +190,36 @@ def run_chains(chains: dict, jobs: int, threads: int, logs: Path, log) -> None:
             log.flush()
 
     def run_chain(chain: str, stages: list) -> None:
-        with open(logs / f"{chain}.log", "a") as out:
-            for name, script, args in stages:
-                argv = _argv(script, args)
-                say(f"== {name}: python {shlex.join(argv)}")
-                out.write(f"\n== {name}: python {shlex.join(argv)}\n")
-                out.flush()
-                start = time.time()
-                with lock:
-                    env = env_now()
-                rc = subprocess.call([sys.executable] + argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                     env=env)
-                say(f"   {name}: exit {rc} after {time.time() - start:.1f} s")
-                if rc != 0:
+        try:
+            with open(logs / f"{chain}.log", "a") as out:
+                for name, script, args, *needs in stages:
+                    for other in needs:
+                        finished[other].wait()
+                        if other in failed:
+                            raise StageFailed(f"stage '{name}' needs the chain '{other}', which failed (see above)")
+                    argv = _argv(script, args)
+                    say(f"== {name}: python {shlex.join(argv)}")
+                    out.write(f"\n== {name}: python {shlex.join(argv)}\n")
                     out.flush()
-                    tail = (logs / f"{chain}.log").read_text().strip().splitlines()[-1:]
-                    raise StageFailed(f"stage '{name}' failed (exit {rc}): {tail[0] if tail else ''} (its whole "
-                                      f"output: {logs / f'{chain}.log'}). Fix it and run the same command again: "
-                                      "finished stages are skipped")
-        with lock:
-            unfinished[0] -= 1
+                    start = time.time()
+                    with lock:
+                        env = env_now()
+                    rc = subprocess.call([sys.executable] + argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                         env=env)
+                    say(f"   {name}: exit {rc} after {time.time() - start:.1f} s")
+                    if rc != 0:
+                        out.flush()
+                        tail = (logs / f"{chain}.log").read_text().strip().splitlines()[-1:]
+                        raise StageFailed(f"stage '{name}' failed (exit {rc}): {tail[0] if tail else ''} (its whole "
+                                          f"output: {logs / f'{chain}.log'}). Fix it and run the same command again: "
+                                          "finished stages are skipped")
+        except BaseException:
+            failed.add(chain)
+            raise
+        finally:
+            with lock:
+                unfinished[0] -= 1
+            finished[chain].set()
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = [pool.submit(run_chain, chain, stages) for chain, stages in chains.items() if stages]
@@ -346,7 +363,7 @@ def main_body(args) -> int:
     ckpts = out / "checkpoints"
     cores = os.cpu_count() or 1
     on_cpu = args.device == "cpu" or (args.device == "auto" and not _cuda_available())
-    jobs = args.jobs or (min(cores, len(cfg["runs"])) if on_cpu else 1)
+    jobs = args.jobs or (min(cores, len(cfg["runs"]) + 1) if on_cpu else 1)  # + the HyperCUT chain
     threads = max(1, cores // jobs)
     common = ["--device", args.device, "--num_workers", str(args.num_workers)]
     jin_flags = [REPO / a if a == CENTRE else a for a in cfg["jin"]]
@@ -356,52 +373,59 @@ def main_body(args) -> int:
         data_cmd = make_dataset("dataset", data, cfg["dataset"], log)
         fresh_cmd = make_dataset("fresh test set", fresh, cfg["fresh_dataset"], log)
 
-        # 2. HyperCUT: the paper's and ours, each tested on the test split
-        hc_paths, hc_tests = {}, {}
+        # 2. the oracle order (the recorded motion): the order-free runs can start at once
+        run_stage("order (oracle)", "generate_order.py",
+                  ["--metadata_root", data, "--save_path", data / ORDER_FILES["oracle"], "--overwrite",
+                   "--device", args.device, "--oracle"], log)
+
+        # 3. one chain trains and tests the paper's HyperCUT and ours and writes their orders, beside the
+        # deblurring runs that need no HyperCUT order (on a CPU, each chain on its share of the cores)
+        chains, hc_paths, hc_results = {"hypercut": []}, {}, {}
         for key, exp, flags, epochs in (("paper", "hypercut", cfg["hypercut"], cfg["hypercut_epochs"]),
                                         ("ext", "hypercut_ext", cfg["hypercut_ext"], cfg["hypercut_ext_epochs"])):
             extra = train_args(ckpts / exp, epochs)
             if extra is not None:
-                run_stage(f"train HyperCUT ({key})", "train_hypercut.py",
-                          ["--metadata_root", data, "--exp_name", exp, "--checkpoints_dir", ckpts] + flags + common + extra,
-                          log)
+                chains["hypercut"].append(
+                    (f"train HyperCUT ({key})", "train_hypercut.py",
+                     ["--metadata_root", data, "--exp_name", exp, "--checkpoints_dir", ckpts] + flags + common + extra))
             hc_paths[key] = ckpts / exp / "models" / f"{epochs:04d}.pth"
-            result = out / f"{exp}_test.json"
-            run_stage(f"test HyperCUT ({key})", "test_hypercut.py",
-                      ["--metadata_root", data, "--pretrained_path", hc_paths[key], "--output_json", result] + common, log)
-            hc_tests[key] = read_json(result)
+            hc_results[key] = out / f"{exp}_test.json"
+            chains["hypercut"].append(
+                (f"test HyperCUT ({key})", "test_hypercut.py",
+                 ["--metadata_root", data, "--pretrained_path", hc_paths[key], "--output_json", hc_results[key]]
+                 + common))
+            chains["hypercut"].append(
+                (f"order ({key})", "generate_order.py",
+                 ["--metadata_root", data, "--save_path", data / ORDER_FILES[key], "--overwrite",
+                  "--device", args.device, "--pretrained_path", hc_paths[key]]))
 
-        # 3. orders: by each HyperCUT, and by the recorded motion (the oracle)
-        for key in ("oracle", "paper", "ext"):
-            source = ["--oracle"] if key == "oracle" else ["--pretrained_path", hc_paths[key]]
-            run_stage(f"order ({key})", "generate_order.py",
-                      ["--metadata_root", data, "--save_path", data / ORDER_FILES[key], "--overwrite",
-                       "--device", args.device] + source, log)
-
-        # 4-5. one narrow Jin per order, all from the same start; evaluated on the test split and the fresh one.
-        # Several at once on a CPU (--jobs), each on its share of the cores.
-        chains, models, results = {}, {}, {}
+        # 4-5. one narrow Jin per order, all from the same start; evaluated on the test split and the fresh one
+        # (scored with a HyperCUT: they wait for the HyperCUT chain). Runs on a HyperCUT's order wait for it.
+        models, results = {}, {}
         for name, loss_flags, order in cfg["runs"]:
             exp = f"jin_{name}"
             hc_key = "paper" if order == "paper" else "ext"  # whose hit/con and order the predictions are scored by
             hc_flag = ["--hypercut_path", hc_paths[hc_key]]
             models[name] = ckpts / exp / "models" / f"{cfg['jin_epochs']:04d}.pth"
             results[name] = (out / f"{exp}_test.json", out / "fresh" / f"{exp}_test.json")
+            needs_hc = ["hypercut"] if order in ("paper", "ext") or "hypercut" in loss_flags else []
             stages = []
             extra = train_args(ckpts / exp, cfg["jin_epochs"])
             if extra is not None:
                 stages.append((f"train Jin ({name})", "train_blur2vid.py",
                                ["--metadata_root", data / ORDER_FILES[order], "--exp_name", exp, "--checkpoints_dir",
                                 ckpts, "--backbone", "Jin"] + loss_flags + (hc_flag if "hypercut" in loss_flags else [])
-                               + jin_flags + common + extra))
+                               + jin_flags + common + extra, *needs_hc))
+            test = ["--pretrained_path", models[name], "--batch_size", str(TEST_BATCH)]
             stages.append((f"test Jin ({name})", "test_blur2vid.py",
-                           ["--metadata_root", data, "--pretrained_path", models[name], "--output_json", results[name][0]]
-                           + hc_flag + common))
+                           ["--metadata_root", data, "--output_json", results[name][0]] + test + hc_flag + common,
+                           "hypercut"))
             stages.append((f"test Jin ({name}, fresh test set)", "test_blur2vid.py",
-                           ["--metadata_root", fresh, "--pretrained_path", models[name], "--output_json",
-                            results[name][1], "--no_lpips"] + common))
+                           ["--metadata_root", fresh, "--output_json", results[name][1], "--no_lpips"] + test
+                           + common))
             chains[exp] = stages
         run_chains(chains, jobs, threads, out / "logs", log)
+        hc_tests = {key: read_json(path) for key, path in hc_results.items()}
         tests = {name: read_json(paths[0]) for name, paths in results.items()}
         fresh_tests = {name: read_json(paths[1]) for name, paths in results.items()}
 
