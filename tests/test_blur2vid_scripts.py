@@ -30,10 +30,11 @@ from datasets.transforms import read_image
 from datasets.writer import DatasetWriter
 from models import backbone_checkpoint_fields, backbone_names, build_backbone, load_backbone
 from models.backbones.jin import OFFICIAL_FILES, JinBackbone
-from models.hypercut import HyperCUT, load_hypercut
+from models.hypercut import HyperCUT, hit_con, load_hypercut
 from utils.checkpoint import CheckpointError
 from utils.images import save_png, to_uint8
-from utils.metrics import ALEXNET_WEIGHTS_FILE, hit_con, psnr, ssim
+from utils.metrics.image import psnr, ssim
+from utils.metrics.lpips import ALEXNET_WEIGHTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_BLURRY = REPO.parent / "shared" / "data" / "real_blurry"

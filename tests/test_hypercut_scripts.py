@@ -19,8 +19,7 @@ from datasets.transforms import read_image
 from datasets.writer import DatasetWriter
 from torchvision.io import write_png
 from models.convention import REFERENCE_BGR_IMAGENET
-from models.hypercut import HyperCUT, load_hypercut, order_decisions
-from utils.metrics import hit_con
+from models.hypercut import HyperCUT, hit_con, load_hypercut, order_decisions
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 40  # f needs at least 33 pixels
