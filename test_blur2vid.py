@@ -48,14 +48,15 @@ from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
 from datasets.metadata import PARTITIONS, dataset_inputs, dataset_name
 from losses import LOSS_TYPES
 from models import backbone_checkpoint_fields, backbone_names, load_backbone
-from models.hypercut import load_hypercut
+from models.hypercut import hit_con, load_hypercut
 from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_eval_args, add_runtime_args,
                        check_flags, run_main)
 from utils.device import resolve_device
 from utils.errors import FlagError
 from utils.evaluation import add_tile_arg, evaluate, make_eval_loader, predict_frames, resolve_tile, tiled
 from utils.images import OutputFolders, entry_folder, save_frames
-from utils.metrics import LPIPSMetric, LPIPSWeightsMissing, SequenceMetrics, min_image_size
+from utils.metrics.lpips import LPIPSMetric, LPIPSWeightsMissing
+from utils.metrics.sequence import SequenceMetrics, min_image_size
 from utils.order_eval import sequence_signs, summarise
 from utils.checkpoint import atomic_write_files
 from utils.outputs import check_outputs, folder_targets
@@ -176,8 +177,8 @@ def run_test(args) -> dict:
     metrics = SequenceMetrics(lpips=lpips, mode=args.p_mode)
     loader = make_eval_loader(dataset, args.batch_size, args.num_workers, device)
     predict = lambda net, blur, gt: predict_frames(net, blur, gt, args.middle_frame)  # noqa: E731
-    ordering = evaluate(model, loader, device, metrics, hypercut=hypercut, on_batch=on_batch, desc=args.split,
-                        predict=tiled(predict, tile) if tile else predict, tile=tile, tileable=True)
+    scores = evaluate(model, loader, device, metrics, hypercut=hypercut, on_batch=on_batch, desc=args.split,
+                      predict=tiled(predict, tile) if tile else predict, tile=tile, tileable=True)
 
     result = {}
     for name in METRICS:
@@ -187,7 +188,8 @@ def run_test(args) -> dict:
                   lpips=lpips_status, tile=tile, middle_frame=MIDDLE_FRAME[args.middle_frame], split=args.split, dataset_name=args.dataset_name,
                   metadata_root=str(args.metadata_root), pretrained_path=str(args.pretrained_path),
                   **backbone_checkpoint_fields(model))
-    if ordering is not None:
+    if scores is not None:
+        ordering = hit_con(scores)
         result.update({k: ordering[k] for k in ORDERING}, hypercut_path=str(args.hypercut_path))
         result["order_of_predictions"] = summarise({k: torch.cat(v) for k, v in signs.items()})
     return result

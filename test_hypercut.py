@@ -27,13 +27,12 @@ import sys
 
 from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
 from datasets.metadata import PARTITIONS, dataset_inputs, dataset_name
-from models.hypercut import F_FUNCS, G_FUNCS, load_hypercut
+from models.hypercut import F_FUNCS, G_FUNCS, hit_con, load_hypercut
 from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_eval_args, add_runtime_args,
                        check_flags, run_main)
 from utils.device import resolve_device
 from utils.errors import FlagError
 from utils.evaluation import hypercut_scores, make_eval_loader
-from utils.metrics import hit_con
 from utils.outputs import check_outputs
 from utils.report import markdown_table, write_json
 from utils.run import hypercut_run_name, resolve_pretrained

@@ -48,14 +48,14 @@ from datasets.metadata import dataset_inputs, dataset_name
 from datasets.transforms import AugmentConfig
 from losses import LOSS_TYPES, build_loss
 from models import backbone_checkpoint_fields, backbone_names, build_backbone, float_output, load_backbone
-from models.hypercut import load_hypercut
+from models.hypercut import hit_con, load_hypercut
 from utils.checkpoint import CheckpointError, state_dict_mismatch
 from utils.cli import ArgumentParser, add_data_args, add_runtime_args, add_train_args, check_flags, run_main
 from utils.distributed import cleanup_process, setup_process
 from utils.errors import FlagError
 from utils.evaluation import evaluate, make_eval_loader
 from utils.images import make_strip, save_png
-from utils.metrics import SequenceMetrics, min_image_size
+from utils.metrics.sequence import SequenceMetrics, min_image_size
 from utils.run import Run, blur2vid_run_name
 from utils.training import add_speed_args, denormals_flushed, fit, seed_everything
 
@@ -280,11 +280,11 @@ def _train(args, device, dist_info) -> dict:
                 if run.writer is not None and k == 0:
                     run.writer.add_image("val/strip", strip, epoch)
 
-        hitcon = evaluate(net, val_loader, device, metrics, hypercut=hypercut, on_batch=show, desc="val",
+        scores = evaluate(net, val_loader, device, metrics, hypercut=hypercut, on_batch=show, desc="val",
                           dist_info=dist_info, predict=lambda n, blur, gt: forward(n, blur, gt)["frames"].float())
         figures = {name: metrics.mean(name) for name in ("pPSNR", "pSSIM", "PSNR", "SSIM")}
-        if hitcon is not None:
-            figures.update({k: v for k, v in hitcon.items() if k != "num_sequences"})
+        if scores is not None:
+            figures.update({k: v for k, v in hit_con(scores).items() if k != "num_sequences"})
         return figures
 
     fields = backbone_checkpoint_fields(model)

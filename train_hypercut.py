@@ -48,14 +48,13 @@ from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
 from datasets.metadata import dataset_inputs, dataset_name
 from datasets.transforms import AugmentConfig
 from models.convention import REFERENCE_BGR_IMAGENET
-from models.hypercut import (F_FUNCS, G_FUNCS, REFERENCE_SLOPE, HyperCUT, OrderingObjective, hypercut_loss,
-                             load_hypercut, sequence_pairs)
+from models.hypercut import (F_FUNCS, G_FUNCS, REFERENCE_SLOPE, HyperCUT, OrderingObjective, hit_con,
+                             hypercut_loss, load_hypercut, sequence_pairs)
 from utils.checkpoint import CheckpointError, state_dict_mismatch
 from utils.cli import ArgumentParser, add_data_args, add_runtime_args, add_train_args, check_flags, run_main
 from utils.distributed import cleanup_process, setup_process
 from utils.errors import FlagError
 from utils.evaluation import hypercut_scores, make_eval_loader
-from utils.metrics import hit_con
 from utils.run import Run, hypercut_run_name
 from utils.training import add_speed_args, denormals_flushed, fit, seed_everything
 

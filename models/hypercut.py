@@ -3,7 +3,8 @@
 A pair of frames (x_i, x_j) of a sharp sequence maps to d = f(g(x_i, x_j)) in R^D; the hyperplane's
 score h(d) should have opposite signs for a pair and its reverse, and the same sign for the nested
 pairs P1 = (x1, x7), P2 = (x2, x6), P3 = (x3, x5) of one sequence. The side of P1 then names a
-canonical order for every sequence.
+canonical order for every sequence; `hit_con` gives the rates at which a set's scores keep these rules
+(the paper's hit and con@k).
 
 Module and parameter names follow the authors' code, so their plain state dict
 (`f_func.model.N...`, `hyperplane.hyperplane`) loads as is with strict=True.
@@ -11,7 +12,7 @@ Module and parameter names follow the authors' code, so their plain state dict
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -350,6 +351,32 @@ def order_decisions(scores: torch.Tensor) -> torch.Tensor:
     agree with it (u1 u2 > 0 and u1 u3 > 0). Inconsistent sequences are kept as they are."""
     u = _forward_scores(scores)
     return (u[:, 0] < 0) & (u[:, 0] * u[:, 1] > 0) & (u[:, 0] * u[:, 2] > 0)
+
+
+def ordering_stats(scores: torch.Tensor | Iterable) -> dict[str, torch.Tensor]:
+    """Per-sequence BoolTensors (N,) from hyperplane scores (N, 6) ordered h(d1), h(dbar1), h(d2),
+    h(dbar2), h(d3), h(dbar3): hit1..hit3 (h(d_k) * h(dbar_k) < 0), con2 (sign h(d1) =
+    sign h(d2)) and con3 (all three signs equal). Like the order rule (u1 * u2 > 0), a zero score
+    agrees with nothing."""
+    s = torch.as_tensor(scores).detach().to("cpu", torch.float64)
+    if s.dim() != 2 or s.shape[1] != 6:
+        raise ValueError(f"expected hyperplane scores shaped (N, 6), got {tuple(s.shape)}")
+    u1, ub1, u2, ub2, u3, ub3 = s.unbind(1)
+    return {"hit1": u1 * ub1 < 0, "hit2": u2 * ub2 < 0, "hit3": u3 * ub3 < 0,
+            "con2": u1 * u2 > 0, "con3": (u1 * u2 > 0) & (u1 * u3 > 0)}
+
+
+def hit_con(scores: torch.Tensor | Iterable) -> dict[str, float]:
+    """Hit and consistency rates (the shares of ordering_stats) under the paper's names: hit,
+    hit_x2_x6, hit_x3_x5 (pairs P1..P3), con@2, con@3, plus num_sequences. With N = 0 the rates are nan."""
+    stats = ordering_stats(scores)
+    n = stats["hit1"].numel()
+
+    def rate(mask: torch.Tensor) -> float:
+        return mask.double().mean().item() if n else math.nan
+
+    return {"hit": rate(stats["hit1"]), "hit_x2_x6": rate(stats["hit2"]), "hit_x3_x5": rate(stats["hit3"]),
+            "con@2": rate(stats["con2"]), "con@3": rate(stats["con3"]), "num_sequences": n}
 
 
 _CONFIG_KEYS = ("out_dim", "f_func", "g_func", "slope", "lowpass")

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.metrics import SequenceMetrics  # noqa: E402
+from utils.metrics.sequence import SequenceMetrics  # noqa: E402
 
 
 def sequences():

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _cli import one_line_error
+from _tiny import written_dataset
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -27,13 +28,13 @@ import test_blur2vid
 import train_blur2vid
 from datasets.blur2vid import Blur2VidDataset
 from datasets.transforms import read_image
-from datasets.writer import DatasetWriter
 from models import backbone_checkpoint_fields, backbone_names, build_backbone, load_backbone
 from models.backbones.jin import OFFICIAL_FILES, JinBackbone
-from models.hypercut import HyperCUT, load_hypercut
+from models.hypercut import HyperCUT, hit_con, load_hypercut
 from utils.checkpoint import CheckpointError
 from utils.images import save_png, to_uint8
-from utils.metrics import ALEXNET_WEIGHTS_FILE, hit_con, psnr, ssim
+from utils.metrics.image import psnr, ssim
+from utils.metrics.lpips import ALEXNET_WEIGHTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_BLURRY = REPO.parent / "shared" / "data" / "real_blurry"
@@ -75,15 +76,12 @@ def _sequence(gen, size=SIZE):
 def make_dataset(root: Path, counts=None) -> Path:
     counts = counts or {"train": 4, "val": 2, "test": 2}
     gen = torch.Generator().manual_seed(0)
-    writer = DatasetWriter(root)
-    i = 0
+    sequences = []
     for split, n in counts.items():
         for _ in range(n):
             blur, frames = _sequence(gen)
-            writer.add_sequence(f"{i:04d}/0000", split, f"{i:04d}", blur, frames)  # ids hold a '/'
-            i += 1
-    writer.commit({"name": "Tiny", "frame_per_seq": 7})
-    return root
+            sequences.append({"partition": split, "blur": blur, "frames": frames})
+    return written_dataset(root, sequences, name="Tiny", frame_per_seq=7)
 
 
 def train_argv(root, ckpt_dir, exp, *extra):

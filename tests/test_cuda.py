@@ -65,7 +65,7 @@ def test_evaluation_on_cuda_equals_cpu(data, tmp_path, capsys):
 
 def test_ssim_gpu_path_matches_scikit_image():
     from skimage.metrics import structural_similarity
-    from utils.metrics import ssim
+    from utils.metrics.image import ssim
     g = torch.Generator().manual_seed(0)
     a = torch.rand(3, 3, 64, 80, generator=g)
     b = (a + 0.1 * torch.randn(a.shape, generator=g)).clamp(0, 1)

@@ -2,7 +2,6 @@
 determinism, the windowed affine is exact), B-AIST++ boxes, and the synthetic generator."""
 from __future__ import annotations
 
-import json
 import pickle
 import struct
 import zlib
@@ -16,6 +15,7 @@ from utils.errors import FlagError
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
+from _tiny import entry, write_metadata, write_sequences
 from datasets import synthetic
 from datasets.blur2vid import BOX_SIZE_EVAL, BOX_SIZE_TRAIN, Blur2VidDataset
 from datasets.transforms import (AugmentConfig, augment_stack, crop_to_box, draw_augment, read_image,
@@ -35,18 +35,13 @@ def _one_torch_thread():
 
 
 def write_dataset(root: Path, images: list, partition="train", **entry_extra) -> None:
-    """One sequence per item of `images` ([blur, frame1, ..., frameT] uint8 HxWx3 arrays), via PIL."""
-    data = []
+    """One sequence per item of `images` ([blur, frame1, ..., frameT] uint8 HxWx3 arrays), as s<i>/blur.png and
+    s<i>/f<k>.png."""
+    sequences = []
     for i, seq in enumerate(images):
-        entry = {"id": f"s{i}", "order": "ignore", "partition": partition, "blur_path": f"s{i}/blur.png"}
-        for k in range(1, len(seq)):
-            entry[f"frame{k:03d}_path"] = f"s{i}/f{k}.png"
-        for key, arr in zip([k for k in entry if k.endswith("_path")], seq):
-            (root / entry[key]).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(arr).save(root / entry[key])
-        entry.update(entry_extra)
-        data.append(entry)
-    (root / "metadata.json").write_text(json.dumps({"frame_per_seq": len(images[0]) - 1, "data": data}))
+        frame_paths = [f"s{i}/f{k}.png" for k in range(1, len(seq))]
+        sequences.append((entry(f"s{i}", partition, f"s{i}/blur.png", frame_paths, **entry_extra), seq))
+    write_sequences(root, sequences)
 
 
 def pattern(h=H, w=W, seed=0) -> np.ndarray:
@@ -143,11 +138,8 @@ def test_dataset_mixes_modes(tmp_path):
     arr16 = RNG.integers(0, 65536, (H, W, 3), dtype=np.uint16)
     _png16(tmp_path / "imgs" / "rgb16.png", arr16)
     names = ["L", "P", "RGBA", "P_transparent", "LA", "bmp", "tiff"]
-    entry = {"id": "mixed", "order": "ignore", "partition": "val", "blur_path": str(paths["L"])}
-    for k, name in enumerate(names[1:], start=1):
-        entry[f"frame{k:03d}_path"] = str(paths[name])
-    entry["frame007_path"] = str(tmp_path / "imgs" / "rgb16.png")
-    (tmp_path / "metadata.json").write_text(json.dumps({"frame_per_seq": 7, "data": [entry]}))
+    frame_paths = [str(paths[name]) for name in names[1:]] + [str(tmp_path / "imgs" / "rgb16.png")]
+    write_metadata(tmp_path, {"frame_per_seq": 7, "data": [entry("mixed", "val", str(paths["L"]), frame_paths)]})
     item = Blur2VidDataset(tmp_path, "val")[0]
     assert item["blur"].shape == (3, H, W) and item["frames"].shape == (7, 3, H, W)
     assert torch.equal(item["blur"], as_tensor(np.asarray(Image.open(paths["L"]).convert("RGB"))))

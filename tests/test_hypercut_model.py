@@ -1,14 +1,13 @@
-"""HyperCUT ordering model: conformance with the reference fixture, the loss, the order rule, loading."""
+"""HyperCUT ordering model: conformance with the reference fixture, the loss, the order rule, hit/con, loading."""
 import math
 
 import pytest
 import torch
 
 from models.convention import REFERENCE_BGR_IMAGENET, RGB_UNIT
-from models.hypercut import (HyperCUT, Hyperplane, ResnetIm2Vec, build_hypercut, hypercut_loss, load_hypercut,
-                             order_decisions, sequence_pairs)
+from models.hypercut import (HyperCUT, Hyperplane, ResnetIm2Vec, build_hypercut, hit_con, hypercut_loss,
+                             load_hypercut, order_decisions, ordering_stats, sequence_pairs)
 from utils.checkpoint import CheckpointError
-from utils.metrics import ordering_stats
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +156,23 @@ def test_order_decisions():
     assert stats["hit3"].tolist() == [True, True, True, False, True]
     assert stats["con2"].tolist() == [True, True, False, True, False]
     assert stats["con3"].tolist() == [True, True, False, False, False]
+
+
+def test_hit_con_by_hand():
+    scores = torch.tensor([
+        # d1,  db1,  d2,  db2,  d3,  db3
+        [1.0, -1.0, 2.0, -2.0, 3.0, -3.0],   # all hits, consistent
+        [-1.0, 1.0, -2.0, 2.0, 3.0, 1.0],    # P3 miss; con@2 yes, con@3 no
+        [1.0, 1.0, -2.0, 2.0, -3.0, 3.0],    # P1 miss; inconsistent
+        [-1.0, 2.0, -2.0, -1.0, -3.0, 3.0],  # P2 miss; con@2 and con@3
+    ])
+    out = hit_con(scores)
+    assert out == {"hit": 0.75, "hit_x2_x6": 0.75, "hit_x3_x5": 0.75, "con@2": 0.75, "con@3": 0.5,
+                   "num_sequences": 4}
+    assert hit_con([[0.0, 1.0, 0.0, 1.0, 0.0, 1.0]])["con@2"] == 0.0  # zero agrees with nothing
+    assert math.isnan(hit_con(torch.zeros(0, 6))["hit"])
+    with pytest.raises(ValueError):
+        hit_con(torch.zeros(3, 5))
 
 
 def test_slope_option_changes_output(hypercut_compact):

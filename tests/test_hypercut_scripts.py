@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from _cli import one_line_error
+from _tiny import written_dataset
 import torch
 import torch.nn.functional as F
 
@@ -16,11 +17,9 @@ import train_hypercut
 from datasets.blur2vid import Blur2VidDataset
 from datasets.metadata import frame_key
 from datasets.transforms import read_image
-from datasets.writer import DatasetWriter
 from torchvision.io import write_png
 from models.convention import REFERENCE_BGR_IMAGENET
-from models.hypercut import HyperCUT, load_hypercut, order_decisions
-from utils.metrics import hit_con
+from models.hypercut import HyperCUT, hit_con, load_hypercut, order_decisions
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 40  # f needs at least 33 pixels
@@ -52,8 +51,7 @@ def make_dataset(root: Path, counts=None, orders=("ignore",), seed=0) -> Path:
     every second test/val sequence is the reverse of the one before it."""
     counts = counts or {"train": 4, "val": 2, "test": 4}
     gen = torch.Generator().manual_seed(seed)
-    writer = DatasetWriter(root)
-    i = 0
+    sequences = []
     for split, n in counts.items():
         for j in range(n):
             state = gen.get_state()
@@ -61,11 +59,10 @@ def make_dataset(root: Path, counts=None, orders=("ignore",), seed=0) -> Path:
                 gen.set_state(prev)  # the same content as the previous sequence, stored reversed
             blur, frames = _sequence(gen, reverse=j % 2 == 1 and split != "train")
             prev = state
-            writer.add_sequence(f"{i:04d}/0000", split, f"{i:04d}", blur, frames, order=orders[i % len(orders)],
-                                extra={"note": f"seq {i}", "nested": {"k": [i, "x"]}})
-            i += 1
-    writer.commit({"name": "Tiny", "frame_per_seq": 7, "license": "test data", "extra_top": {"a": 1}})
-    return root
+            i = len(sequences)
+            sequences.append({"partition": split, "blur": blur, "frames": frames, "order": orders[i % len(orders)],
+                              "extra": {"note": f"seq {i}", "nested": {"k": [i, "x"]}}})
+    return written_dataset(root, sequences, name="Tiny", frame_per_seq=7, license="test data", extra_top={"a": 1})
 
 
 def train_argv(root, ckpt_dir, exp, *extra):

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from _tiny import entry, write_metadata, write_sequences
 from datasets.blur2vid import Blur2VidDataset
 from datasets.metadata import MetadataError, entry_bbox, load_split, read_bbox
 
@@ -36,33 +37,26 @@ def frame_value(k: int) -> int:
     return 20 * k
 
 
+def grey(value: int, size=(H, W)) -> np.ndarray:
+    return np.full(size + (3,), value, np.uint8)
+
+
 def save(path: Path, value: int, size=(H, W)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full(size + (3,), value, np.uint8)).save(path)
+    Image.fromarray(grey(value, size)).save(path)
 
 
 def make_dataset(root: Path, n: int = 2, frames: int = 7, partitions=("train",), order="ignore",
-                 write_meta: bool = True, **top) -> dict:
+                 write_meta: bool = True) -> dict:
     """n sequences per partition in the seed layout; frame k has grey level frame_value(k)."""
-    data = []
+    sequences = []
     for part in partitions:
         for i in range(n):
             folder = f"{part}{i:02d}"
-            entry = {"id": f"{folder}/0000", "order": order, "partition": part,
-                     "blur_path": f"{folder}/blur/0000.png"}
-            save(root / entry["blur_path"], 250)
-            for k in range(1, frames + 1):
-                entry[f"frame{k:03d}_path"] = f"{folder}/sharp/0000_{k}.png"
-                save(root / entry[f"frame{k:03d}_path"], frame_value(k))
-            data.append(entry)
-    meta = {"name": "Test", "frame_per_seq": frames, "data": data, **top}
-    if write_meta:
-        (root / "metadata.json").write_text(json.dumps(meta))
-    return meta
-
-
-def write_meta(root: Path, meta: dict) -> None:
-    (root / "metadata.json").write_text(json.dumps(meta))
+            paths = [f"{folder}/sharp/0000_{k}.png" for k in range(1, frames + 1)]
+            images = [grey(250)] + [grey(frame_value(k)) for k in range(1, frames + 1)]
+            sequences.append((entry(f"{folder}/0000", part, f"{folder}/blur/0000.png", paths, order=order), images))
+    return write_sequences(root, sequences, write_meta=write_meta, name="Test")
 
 
 def levels(frames: torch.Tensor) -> list:
@@ -101,7 +95,7 @@ def test_missing_data(tmp_path, meta):
 def test_bad_frame_per_seq(tmp_path, fps):
     meta = make_dataset(tmp_path, write_meta=False)
     meta["frame_per_seq"] = fps
-    write_meta(tmp_path, meta)
+    write_metadata(tmp_path, meta)
     with pytest.raises(MetadataError, match="frame_per_seq") as e:
         load_split(tmp_path, "train")
     assert str(tmp_path / "metadata.json") in str(e.value)
@@ -111,7 +105,7 @@ def _mutated(tmp_path, mutate, split="train"):
     """Build a valid dataset, let mutate(meta, root) break it, and return load_split's error message."""
     meta = make_dataset(tmp_path, write_meta=False, partitions=("train", "val"))
     mutate(meta, tmp_path)
-    write_meta(tmp_path, meta)
+    write_metadata(tmp_path, meta)
     with pytest.raises(MetadataError) as e:
         load_split(tmp_path, split)
     return str(e.value)
@@ -300,7 +294,7 @@ def test_bbox_pickle_and_inline_through_load_split(tmp_path):
     (tmp_path / "boxes" / "0.pkl").write_bytes(pickle.dumps({"bbox": np.array(BOX + [0.9])}))
     meta["data"][0]["bbox"] = "boxes/0.pkl"
     meta["data"][1]["bbox"] = BOX + [0.9]
-    write_meta(tmp_path, meta)
+    write_metadata(tmp_path, meta)
     _, entries = load_split(tmp_path, "train")
     assert entries[0].bbox == tmp_path / "boxes" / "0.pkl"
     assert entry_bbox(entries[0]) == BOX and entry_bbox(entries[1]) == BOX and entry_bbox(entries[2]) is None
@@ -324,7 +318,7 @@ def _many_random(tmp_path, n=400):
     meta = make_dataset(tmp_path, n=1, write_meta=False, order="random")
     base = meta["data"][0]
     meta["data"] = [dict(base, id=f"seq{i:04d}") for i in range(n)]
-    write_meta(tmp_path, meta)
+    write_metadata(tmp_path, meta)
 
 
 def test_order_random_half_seeded_and_stable(tmp_path):
@@ -361,7 +355,7 @@ def test_mixed_orders(tmp_path):
     meta = make_dataset(tmp_path, n=4, write_meta=False)
     for e, order in zip(meta["data"], ["ignore", "reverse", "keep", "reverse"]):
         e["order"] = order
-    write_meta(tmp_path, meta)
+    write_metadata(tmp_path, meta)
     ds = Blur2VidDataset(tmp_path, "train")
     assert ds.reversed == [False, True, False, True]
     assert levels(ds[1]["frames"])[0] == frame_value(7) and levels(ds[2]["frames"])[0] == frame_value(1)
@@ -397,7 +391,7 @@ def test_other_frames_per_seq(tmp_path, frames):
 def test_frame_per_seq_defaults_to_7(tmp_path):
     meta = make_dataset(tmp_path, write_meta=False)
     del meta["frame_per_seq"]
-    write_meta(tmp_path, meta)
+    write_metadata(tmp_path, meta)
     _, entries = load_split(tmp_path, "train")
     assert len(entries[0].frame_paths) == 7
 
@@ -405,7 +399,7 @@ def test_frame_per_seq_defaults_to_7(tmp_path):
 def test_extra_frames_beyond_frame_per_seq_are_ignored(tmp_path):
     meta = make_dataset(tmp_path, frames=7, write_meta=False)
     meta["frame_per_seq"] = 5
-    write_meta(tmp_path, meta)
+    write_metadata(tmp_path, meta)
     ds = Blur2VidDataset(tmp_path, "train")
     assert levels(ds[0]["frames"]) == [frame_value(k) for k in range(1, 6)]
 
@@ -433,7 +427,7 @@ def test_absolute_paths(tmp_path):
                 e[key] = str(images / value)
     meta_dir = tmp_path / "meta"
     meta_dir.mkdir()
-    write_meta(meta_dir, meta)
+    write_metadata(meta_dir, meta)
     _, entries = load_split(meta_dir, "train")
     assert entries[0].frame_paths[2] == images / "train00/sharp/0000_3.png"
     assert levels(Blur2VidDataset(meta_dir, "train")[1]["frames"]) == [frame_value(k) for k in range(1, 8)]
@@ -444,7 +438,7 @@ def test_data_root_overrides(tmp_path):
     meta = make_dataset(images, write_meta=False)
     meta_dir = tmp_path / "meta"
     meta_dir.mkdir()
-    write_meta(meta_dir, meta)
+    write_metadata(meta_dir, meta)
     with pytest.raises(MetadataError, match="not found"):
         load_split(meta_dir, "train")
     _, entries = load_split(meta_dir, "train", data_root=images)
@@ -458,21 +452,13 @@ def test_data_root_overrides(tmp_path):
 def _readme_dataset(root: Path) -> dict:
     """The seed README's layout and metadata, with small PNGs at those paths written with PIL."""
     rng = np.random.default_rng(0)
-    data = []
+    sequences = []
     for seq in ("00000", "00001"):
         for idx in ("0000", "0001"):
-            entry = {"id": f"{seq}/{idx}", "order": "ignore", "partition": "train",
-                     "blur_path": f"{seq}/blur/{idx}.png"}
-            for k in range(1, 8):
-                entry[f"frame{k:03d}_path"] = f"{seq}/sharp/{idx}_{k}.png"
-            for key, rel in entry.items():
-                if key.endswith("_path"):
-                    (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(root / rel)
-            data.append(entry)
-    meta = {"name": "Street", "frame_per_seq": 7, "data": data}
-    (root / "metadata.json").write_text(json.dumps(meta, indent=4))
-    return meta
+            paths = [f"{seq}/sharp/{idx}_{k}.png" for k in range(1, 8)]
+            images = [rng.integers(0, 256, (H, W, 3), dtype=np.uint8) for _ in range(8)]
+            sequences.append((entry(f"{seq}/{idx}", "train", f"{seq}/blur/{idx}.png", paths), images))
+    return write_sequences(root, sequences, name="Street")
 
 
 def _pil(path) -> torch.Tensor:

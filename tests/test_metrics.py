@@ -1,4 +1,4 @@
-"""utils.metrics: PSNR/SSIM against scikit-image, LPIPS code paths (never the network), p-metrics, hit/con."""
+"""utils.metrics: PSNR/SSIM against scikit-image, LPIPS code paths (never the network), p-metrics, the accumulator."""
 from __future__ import annotations
 
 import json
@@ -12,26 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import utils.metrics as metrics_module
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from utils.metrics import (
-    ALEXNET_WEIGHTS_FILE,
-    PSNR_CAP_DB,
-    LPIPSMetric,
-    LPIPSWeightsError,
-    ALEXNET_WEIGHTS_URL,
-    LPIPSWeightsMissing,
-    SequenceMetrics,
-    alexnet_weights_path,
-    frame_scores,
-    hit_con,
-    p_metric,
-    p_scores,
-    psnr,
-    ssim,
-)
+import utils.metrics.image as image_metrics
+import utils.metrics.lpips as lpips_metrics
+from utils.metrics.image import psnr, ssim
+from utils.metrics.lpips import (ALEXNET_WEIGHTS_FILE, ALEXNET_WEIGHTS_URL, LPIPSMetric, LPIPSWeightsError,
+                                 LPIPSWeightsMissing, alexnet_weights_path)
+from utils.metrics.sequence import PSNR_CAP_DB, SequenceMetrics, frame_scores, p_metric, p_scores
 
 
 @pytest.fixture(autouse=True)
@@ -224,8 +212,17 @@ def test_sequence_metrics_accumulates_and_caps():
 # ---------------------------------------------------------------------------------------------- LPIPS
 
 @pytest.fixture(scope="module")
-def random_lpips():
-    return LPIPSMetric("cpu", _random_backbone_for_tests=True)
+def random_lpips(tmp_path_factory):
+    """LPIPSMetric over a seeded random AlexNet trunk in torchvision's layout, given as its weights file: runs
+    the code path without the real file. Its numbers are not LPIPS."""
+    import torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        features = torchvision.models.alexnet(weights=None).features.state_dict()
+    path = tmp_path_factory.mktemp("alexnet") / ALEXNET_WEIGHTS_FILE
+    torch.save({"features." + k: v for k, v in features.items()}, path)
+    return LPIPSMetric("cpu", weights_path=path)
 
 
 def test_lpips_random_backbone_code_path(random_lpips):
@@ -269,7 +266,6 @@ def test_lpips_loads_trunk_from_torch_cache(monkeypatch, tmp_path, random_lpips)
     assert torch.equal(rng, torch.random.get_rng_state())  # building it leaves the caller's RNG alone
     assert torch.equal(metric.model.net.slice1.get_submodule("0").weight, state["features.0.weight"])
     assert torch.equal(metric.model.net.slice5.get_submodule("10").bias, state["features.10.bias"])
-    assert not metric.random_backbone
 
     # missing from the cache: downloaded there, as torchvision does (here by a stand-in download)
     path.unlink()
@@ -279,7 +275,7 @@ def test_lpips_loads_trunk_from_torch_cache(monkeypatch, tmp_path, random_lpips)
         calls.append((url, target))
         torch.save(state, target)
 
-    monkeypatch.setattr(metrics_module, "_download", fake_download)
+    monkeypatch.setattr(lpips_metrics, "_download", fake_download)
     metric = LPIPSMetric("cpu")
     assert calls == [(ALEXNET_WEIGHTS_URL, path)] and path.is_file()
     assert torch.equal(metric.model.net.slice5.get_submodule("10").bias, state["features.10.bias"])
@@ -293,24 +289,7 @@ def test_lpips_loads_trunk_from_torch_cache(monkeypatch, tmp_path, random_lpips)
         LPIPSMetric("cpu")
 
 
-# ---------------------------------------------------------------------------------------------- hit / con
-
-def test_hit_con_by_hand():
-    scores = torch.tensor([
-        # d1,  db1,  d2,  db2,  d3,  db3
-        [1.0, -1.0, 2.0, -2.0, 3.0, -3.0],   # all hits, consistent
-        [-1.0, 1.0, -2.0, 2.0, 3.0, 1.0],    # P3 miss; con@2 yes, con@3 no
-        [1.0, 1.0, -2.0, 2.0, -3.0, 3.0],    # P1 miss; inconsistent
-        [-1.0, 2.0, -2.0, -1.0, -3.0, 3.0],  # P2 miss; con@2 and con@3
-    ])
-    out = hit_con(scores)
-    assert out == {"hit": 0.75, "hit_x2_x6": 0.75, "hit_x3_x5": 0.75, "con@2": 0.75, "con@3": 0.5,
-                   "num_sequences": 4}
-    assert hit_con([[0.0, 1.0, 0.0, 1.0, 0.0, 1.0]])["con@2"] == 0.0  # zero agrees with nothing
-    assert math.isnan(hit_con(torch.zeros(0, 6))["hit"])
-    with pytest.raises(ValueError):
-        hit_con(torch.zeros(3, 5))
-
+# ---------------------------------------------------------------------------------------------- ranks, devices
 
 def test_all_reduce_with_a_rank_that_saw_nothing():
     """Two gloo processes: rank 1 has no sequence, yet both end with the figures of rank 0's two."""
@@ -336,9 +315,8 @@ def test_all_reduce_with_a_rank_that_saw_nothing():
 @pytest.mark.parametrize("hw", [(11, 11), (12, 150), (67, 130)])
 def test_ssim_device_path_matches_skimage(monkeypatch, hw):
     """The banded-matmul filtering used off the CPU (CUDA, MPS), run here on the CPU."""
-    import utils.metrics as metrics_module
-    monkeypatch.setattr(metrics_module, "_SCIPY_ON_CPU", False)
-    monkeypatch.setattr(metrics_module, "_FILTER_BLOCK", 16)  # several blocks and a ragged last one
+    monkeypatch.setattr(image_metrics, "_SCIPY_ON_CPU", False)
+    monkeypatch.setattr(image_metrics, "_FILTER_BLOCK", 16)  # several blocks and a ragged last one
     g = _gen(7)
     a = torch.rand(2, 3, *hw, generator=g)
     b = (a + 0.3 * torch.rand(2, 3, *hw, generator=g)).clamp(0, 1)

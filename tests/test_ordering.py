@@ -358,7 +358,7 @@ def test_pair_mean_baseline_scores_the_mean_of_each_pair(tiny):
     from datasets.blur2vid import Blur2VidDataset
     from utils.order_eval import pair_mean_baseline
     from utils.evaluation import make_eval_loader
-    from utils.metrics import PSNR_CAP_DB
+    from utils.metrics.sequence import PSNR_CAP_DB
     dataset = Blur2VidDataset(tiny, "test", augment=None)
     result = pair_mean_baseline(make_eval_loader(dataset, 4, 0), torch.device("cpu"))
     expected = []
@@ -398,7 +398,7 @@ def test_motion_baselines_move_along_the_recorded_motion(translation_world, tmp_
     centre_warp by far, and a sequence loaded reversed gets the reversed motion (same figures)."""
     from datasets.blur2vid import Blur2VidDataset
     from utils.evaluation import make_eval_loader
-    from utils.metrics import PSNR_CAP_DB
+    from utils.metrics.sequence import PSNR_CAP_DB
     from utils.order_eval import blur_baseline, motion_baselines, shift_images
     dataset = Blur2VidDataset(translation_world, "test", augment=None)
     cpu = torch.device("cpu")

@@ -73,7 +73,7 @@ def test_evaluation_with_predicted_and_oracle_centre(stages, data, tmp_path, cap
 
     # the oracle evaluation equals the model run on the ground-truth centre, by hand
     from datasets.blur2vid import Blur2VidDataset
-    from utils.metrics import SequenceMetrics
+    from utils.metrics.sequence import SequenceMetrics
     model = load_backbone(stage2)
     metrics = SequenceMetrics(lpips=None)
     ds = Blur2VidDataset(data, "test")

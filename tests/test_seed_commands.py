@@ -63,7 +63,7 @@ def seed_layout(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("offline (test)")
 
-    monkeypatch.setattr("utils.metrics._download", offline)
+    monkeypatch.setattr("utils.metrics.lpips._download", offline)
     synthetic_dataset(tmp_path / "path" / "to", size=48, counts={"train": 8, "val": 2, "test": 2}, seed=3)
     (tmp_path / "orders").mkdir()
     return tmp_path

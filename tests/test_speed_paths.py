@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import utils.metrics as metrics_module
+import utils.metrics.image as image_metrics
 from models.backbones.jin import FusionBlock, JinBackbone, ResBlock, _shared_norm_relu
 from models.chunking import chunk_size, default_budget, set_chunk_bytes
 from models.hypercut import HyperCUT, hypercut_loss
@@ -193,7 +193,7 @@ def test_float32_ssim_on_near_flat_saturated_images():
         pairs.append(((base + noise * torch.randn(base.shape, generator=g)).clamp(0, 1),
                       (base + noise * torch.randn(base.shape, generator=g)).clamp(0, 1)))
     a, b = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-    ours = metrics_module.ssim(a, b)
+    ours = image_metrics.ssim(a, b)
     assert ours.dtype == torch.float32
     for i in range(len(pairs)):
         assert abs(ours[i].item() - _skimage(a[i], b[i])) < 1e-4
@@ -203,9 +203,9 @@ def test_float64_paths_agree(monkeypatch):
     g = torch.Generator().manual_seed(3)
     a = torch.rand(2, 3, 67, 130, generator=g, dtype=torch.float64)
     b = (a + 0.2 * torch.rand(a.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
-    scipy_path = metrics_module.ssim(a, b)
-    monkeypatch.setattr(metrics_module, "_SCIPY_ON_CPU", False)
-    matmul_path = metrics_module.ssim(a, b)
+    scipy_path = image_metrics.ssim(a, b)
+    monkeypatch.setattr(image_metrics, "_SCIPY_ON_CPU", False)
+    matmul_path = image_metrics.ssim(a, b)
     assert scipy_path.dtype == matmul_path.dtype == torch.float64
     assert (scipy_path - matmul_path).abs().max().item() < 1e-10
     assert abs(scipy_path[0].item() - _skimage(a[0], b[0])) < 1e-10
@@ -214,6 +214,6 @@ def test_float64_paths_agree(monkeypatch):
 def test_ssim_chunks_do_not_change_values(monkeypatch):
     g = torch.Generator().manual_seed(4)
     a, b = torch.rand(2, 3, 3, 20, 24, generator=g), torch.rand(2, 3, 3, 20, 24, generator=g)
-    whole = metrics_module.ssim(a, b)
-    monkeypatch.setattr(metrics_module, "_SSIM_CHUNK_PIXELS", 1)  # one plane per chunk
-    torch.testing.assert_close(metrics_module.ssim(a, b), whole, rtol=0, atol=1e-6)
+    whole = image_metrics.ssim(a, b)
+    monkeypatch.setattr(image_metrics, "_SSIM_CHUNK_PIXELS", 1)  # one plane per chunk
+    torch.testing.assert_close(image_metrics.ssim(a, b), whole, rtol=0, atol=1e-6)

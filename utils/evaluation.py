@@ -13,7 +13,7 @@ from utils.checkpoint import load_checkpoint
 from utils.device import out_of_memory_hint
 from utils.errors import FlagError
 from utils.distributed import DistInfo, gather_rows, unwrap
-from utils.metrics import SequenceMetrics, hit_con
+from utils.metrics.sequence import SequenceMetrics
 from utils.training import progress
 
 
@@ -156,12 +156,13 @@ def resolve_tile(tile, pretrained_path) -> int | None:
 @torch.no_grad()
 def evaluate(model, loader, device: torch.device, metrics: SequenceMetrics, hypercut=None,
              on_batch=None, desc: str = "eval", dist_info: DistInfo | None = None, predict=None,
-             tile: int | None = None, tileable: bool = False) -> dict | None:
+             tile: int | None = None, tileable: bool = False) -> torch.Tensor | None:
     """Predict every sequence of `loader` (batches from collate_by_size) and add them to `metrics`.
 
     predict(net, blur, gt) -> frames (B, T, 3, H, W); default predict_frames (the backbone's own centre).
-    hypercut: a HyperCUT model; its hyperplane scores of the predicted sequences (clamped to [0, 1], as
-    saved images would be) give hit/con, returned as utils.metrics.hit_con's dict (None without one).
+    hypercut: a HyperCUT model; its hyperplane scores (N, 6) of the predicted sequences (clamped to [0, 1],
+    as saved images would be) are returned, gathered from all ranks (None without one; hit/con:
+    models.hypercut.hit_con).
     on_batch(batch, pred) is called for every batch (saving images, visualisations).
     tile (the window size `predict` works in, see tiled) and tileable (the program has --tile): only for
     the out-of-memory advice.
@@ -193,4 +194,4 @@ def evaluate(model, loader, device: torch.device, metrics: SequenceMetrics, hype
     metrics.all_reduce(num_frames=len(getattr(loader.dataset, "target_frames", [])) or None)
     if hypercut is None:
         return None
-    return hit_con(gather_rows(torch.cat(scores) if scores else torch.zeros(0, 6)))
+    return gather_rows(torch.cat(scores) if scores else torch.zeros(0, 6))

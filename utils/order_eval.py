@@ -91,7 +91,7 @@ def outer_frames(values) -> float:
 
 def _baseline(loader, device, num_frames: int, predict=None, desc: str = "baseline") -> dict:
     from utils.evaluation import evaluate
-    from utils.metrics import SequenceMetrics
+    from utils.metrics.sequence import SequenceMetrics
     metrics = SequenceMetrics(lpips=None, mode="pair")
     evaluate(BlurAsFrames(num_frames), loader, device, metrics, desc=desc, predict=predict)
     out = {}
@@ -139,7 +139,7 @@ def motion_baselines(dataset, device, batch_size: int = 16) -> dict:
                     the ceiling of a network that predicts the outer frames from its centre).
     The middle frame of oracle_warp is the blur, of centre_warp the truth. They bound what an order can buy:
     a network trained on an order it can read may approach them, one trained on a random order may not."""
-    from utils.metrics import SequenceMetrics
+    from utils.metrics.sequence import SequenceMetrics
     n = dataset.frame_per_seq
     # time of each loaded frame relative to the middle, as a fraction of the frame 1 -> N span
     times = torch.tensor([(f - (n + 1) / 2) / (n - 1) for f in dataset.target_frames])

@@ -463,12 +463,12 @@ def run_scoring(device, args, baseline_root, log) -> list[dict]:
 
 
 def run_ssim(device, args, log) -> list[dict]:
-    """utils.metrics.ssim on the device against scikit-image's structural_similarity, image by image on
+    """utils.metrics.image.ssim on the device against scikit-image's structural_similarity, image by image on
     the CPU (Gaussian weights, sigma 1.5, data range 255), on the same frames; also checks that they agree to 1e-4."""
     import numpy as np
     from skimage.metrics import structural_similarity
 
-    from utils.metrics import ssim
+    from utils.metrics.image import ssim
     sizes = [(2, 7, 128, 128), (1, 7, 360, 640)] if args.quick else [(8, 7, 128, 128), (1, 7, 720, 1280)]
     rows = []
     gen = torch.Generator().manual_seed(2)
@@ -555,7 +555,7 @@ def render(args, device, rows, scoring, ssim_rows, matmul, notes, peak_method, l
                 "| frames | ours ms | scikit-image ms | speed-up | max deviation |", "|---|---|---|---|---|"]
         out += [f"| {r['frames']} | {r['ours_ms']:.0f} | {r['skimage_ms']:.0f} | {r['speedup']:.2f}x | "
                 f"{r['max_dev']:.1e} |" for r in ssim_rows]
-        out += ["", f"- ours: utils.metrics.ssim on {device}; scikit-image: structural_similarity image by image on "
+        out += ["", f"- ours: utils.metrics.image.ssim on {device}; scikit-image: structural_similarity image by image on "
                 "the CPU (data_range 255, channel_axis, gaussian_weights, sigma 1.5, population covariance)."]
     return "\n".join(out) + "\n"
 

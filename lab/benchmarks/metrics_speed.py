@@ -4,7 +4,7 @@
             Gaussian weights, sigma 1.5, data range 255), on HWC float64 arrays
   conv2d    our SSIM as first written: reflect gather + grouped float64 F.conv2d (kept here as the
             baseline; torch has no fast float64 convolution on CPU)
-  ours      utils.metrics.ssim: batched float32 maps of cache-sized chunks, filtered with blocked banded
+  ours      utils.metrics.image.ssim: batched float32 maps of cache-sized chunks, filtered with blocked banded
             matmuls (float64 input: float64, filtered on the CPU with scipy's correlate1d)
 
 All three give the same values (to 1e-12 between torch ways, to 1e-8 against scikit-image; checked
@@ -29,7 +29,8 @@ from skimage.metrics import structural_similarity
 
 from lab.benchmarks.machine import cpu_name
 from utils.cli import ArgumentParser
-from utils import metrics as M
+from utils.metrics import image as M
+from utils.metrics.sequence import SequenceMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
         t_sk, v_sk = cpu_time(lambda: ssim_skimage(pred, gt), 1)
         assert torch.allclose(v_ours.double(), v_conv.double(), atol=1e-6), "conv2d and ours disagree"
         assert torch.allclose(v_ours.double(), v_sk.double(), atol=1e-6), "skimage and ours disagree"
-        t_upd, _ = cpu_time(lambda: M.SequenceMetrics(lpips=None, mode="pair").update(pred, gt), args.repeats)
+        t_upd, _ = cpu_time(lambda: SequenceMetrics(lpips=None, mode="pair").update(pred, gt), args.repeats)
         rows.append((f"{b} x 7 x {h}x{w}", t_sk, t_conv, t_ours, t_upd))
 
     head = "| frames | skimage (s) | conv2d (s) | ours (s) | ours vs skimage | ours vs conv2d | update, pair mode (s) |"

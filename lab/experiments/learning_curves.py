@@ -23,7 +23,7 @@ from datasets.blur2vid import Blur2VidDataset
 from datasets.ordering import entry_motion
 from models.backbones.jin import JinBackbone, load_middle_network
 from utils.cli import ArgumentParser, check_flags, run_main
-from utils.metrics import SequenceMetrics
+from utils.metrics.sequence import SequenceMetrics
 from utils.report import write_json
 
 
