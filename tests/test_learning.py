@@ -11,7 +11,7 @@ from datasets.synthetic import SyntheticConfig, render_sequence
 from losses import build_loss
 from models.backbones.jin import JinBackbone, JinCenterBackbone
 from models.backbones.purohit import PurohitBackbone
-from utils.metrics import psnr
+from utils.metrics.image import psnr
 
 SIZE = 32
 SEQUENCES = 4
