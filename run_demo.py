@@ -103,7 +103,7 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(
         description="The whole pipeline on the dead-leaves world: data, both HyperCUTs, their orders, a narrow Jin per "
                     "order, evaluation; writes runs/demo/summary.md. Run it again to continue.",
-        epilog="examples:\n  python run_demo.py              # about 30 min on 2 CPU cores\n"
+        epilog="examples:\n  python run_demo.py              # 33-37 min on 2 CPU cores\n"
                "  python run_demo.py --quick      # every stage on a tiny dataset, a few minutes\n"
                "  python run_demo.py --config gpu --device cuda --num_workers 8")
     p.add_argument("--quick", action="store_true", help="tiny dataset and runs: every stage in a few minutes")

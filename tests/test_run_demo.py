@@ -81,3 +81,29 @@ def test_quick_demo_end_to_end(tmp_path):
     assert "train_hypercut.py" not in again.stdout and "train_blur2vid.py" not in again.stdout
     second = json.loads((out / "summary.json").read_text())
     assert second["runs"] == summary["runs"] and second["reference"] == summary["reference"]
+
+
+
+def test_a_stage_that_needs_a_chain_starts_after_it_and_not_after_its_failure(tmp_path):
+    import io
+
+    import pytest
+
+    import run_demo
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text("{}")
+    bad.write_text("{")
+
+    def run(chains, folder):  # python -m json.tool FILE: exit 0 on JSON, 1 otherwise
+        log = io.StringIO()
+        try:
+            run_demo.run_chains(chains, jobs=2, threads=1, logs=tmp_path / folder, log=log)
+        finally:
+            run.text = log.getvalue()
+
+    run({"a": [("a1", "json.tool", [good]), ("a2", "json.tool", [good])],
+         "b": [("b1", "json.tool", [good], "a")]}, "logs1")
+    assert run.text.index("a2: exit 0") < run.text.index("== b1") and "b1: exit 0" in run.text
+    with pytest.raises(run_demo.StageFailed, match="stage 'a1' failed"):
+        run({"a": [("a1", "json.tool", [bad])], "b": [("b1", "json.tool", [good], "a")]}, "logs2")
+    assert "a1: exit 1" in run.text and "== b1" not in run.text
