@@ -46,7 +46,7 @@ import torch
 
 from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
 from datasets.metadata import PARTITIONS, dataset_inputs, dataset_name
-from losses import LOSS_TYPES
+from losses import LOSSES
 from models import BACKBONES, backbone_checkpoint_fields, load_backbone
 from models.hypercut import load_hypercut
 from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_eval_args, add_runtime_args,
@@ -82,7 +82,7 @@ def build_parser() -> ArgumentParser:
     add_eval_args(p, PARTITIONS)
     p.add_argument("--backbone", default=None, choices=BACKBONES.names(),
                    help="expected backbone (default: the checkpoint's; Jin for a folder and for the run name)")
-    p.add_argument("--loss_type", default=None, choices=LOSS_TYPES,
+    p.add_argument("--loss_type", default=None, choices=LOSSES.names(),
                    help="loss of the run to evaluate (default: hypercut with --hypercut_path, else order_inv)")
     p.add_argument("--width_mult", type=float, default=None,
                    help="width of an official-weights folder's model (default: 1.0); checked against a checkpoint's")
