@@ -70,8 +70,8 @@ def build_parser() -> ArgumentParser:
                    help="allow replacing an existing --save_path, the input metadata.json included")
     g = p.add_argument_group("HyperCUT (for the default run name)")
     g.add_argument("--out_dim", type=int, default=128, help="embedding size D of the run")
-    g.add_argument("--f_func", default="ResnetIm2Vec", choices=sorted(F_FUNCS), help="pair encoder f of the run")
-    g.add_argument("--g_func", default="Concat", choices=sorted(G_FUNCS), help="pair joiner g of the run")
+    g.add_argument("--f_func", default="ResnetIm2Vec", choices=F_FUNCS.names(), help="pair encoder f of the run")
+    g.add_argument("--g_func", default="Concat", choices=G_FUNCS.names(), help="pair joiner g of the run")
     return p
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from datasets.transforms import decode_image_file, read_image
-from models import backbone_names, load_backbone
+from models import BACKBONES, load_backbone
 from utils.cli import ArgumentParser, add_runtime_args, check_flags, run_main
 from utils.device import out_of_memory_hint, resolve_device
 from utils.errors import FlagError
@@ -44,7 +44,7 @@ def build_parser() -> ArgumentParser:
         epilog="example:\n"
                "  python inference.py --pretrained_path checkpoints/jin_hc/models/0100.pth --blur_path photos/ "
                "--output_path out/ --gif")
-    p.add_argument("--backbone", default=None, choices=backbone_names(),
+    p.add_argument("--backbone", default=None, choices=BACKBONES.names(),
                    help="expected backbone (default: the checkpoint's; Jin for a folder)")
     p.add_argument("--pretrained_path", required=True,
                    help="a train_blur2vid.py checkpoint, or a folder with Jin's four official files")

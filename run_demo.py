@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from recipes import recipe
 from utils.cli import ArgumentParser, check_flags, run_main
 from utils.errors import FlagError, UserError
 
@@ -25,8 +26,6 @@ REPO = Path(__file__).resolve().parent
 CENTRE = "weights/jin_centre_w025_deadleaves.pth"
 
 WORLD = ["--scene", "deadleaves", "--motion", "translation", "--travel", "6", "12"]
-# Our HyperCUT extension (lab/ordering.md): f reads a global motion estimate; sub-crops must agree.
-EXT_HYPERCUT = ["--f_func", "FlowIm2Vec", "--crop_consistency", "2.0", "--batch_size", "8", "--lr", "1e-3"]
 # Deblurring runs: (name, loss flags, order): "stored" is the rendering's own direction (uniformly random),
 # "oracle" the recorded motion's (generate_order.py --oracle), "paper" / "ext" the order of the paper's
 # HyperCUT / of ours.
@@ -37,21 +36,21 @@ RUNS = [("order_inv", ["--loss_type", "order_inv"], "stored"),
         ("naive_hypercut_ext", ["--loss_type", "naive"], "ext")]
 ORDER_FILES = {"stored": "metadata.json", "oracle": "metadata_oracle.json", "paper": "metadata_hypercut.json",
                "ext": "metadata_hypercut_ext.json"}
-JIN = ["--width_mult", "0.25", "--optimizer", "ADAM", "--lr", "3e-3"]
-
+# The HyperCUTs and the narrow Jin: recipes.py, with each config's crops and epochs.
 SETTINGS = {
     "full": {
         "data": "data/deadleaves", "fresh": "data/deadleaves_fresh", "out": "runs/demo",
         "dataset": WORLD + ["--size", "60", "--num_train", "1000", "--num_val", "32", "--num_test", "100", "--seed", "0"],
         "fresh_dataset": WORLD + ["--size", "60", "--num_train", "0", "--num_val", "0", "--num_test", "100",
                                   "--seed", "1"],
-        "hypercut": ["--crop_size", "48", "--batch_size", "8", "--lr", "5e-5", "--epochs", "3", "--val_epoch", "3"],
+        "hypercut": ["--crop_size", "48", *recipe("hypercut_paper"), "--epochs", "3", "--val_epoch", "3"],
         "hypercut_epochs": 3,
-        "hypercut_ext": EXT_HYPERCUT + ["--crop_size", "60", "--subcrop_size", "40", "--subcrops", "4",
-                                        "--epochs", "2", "--val_epoch", "2"],
+        "hypercut_ext": recipe("hypercut_ext") + ["--crop_size", "60", "--subcrop_size", "40", "--subcrops", "4",
+                                                  "--epochs", "2", "--val_epoch", "2"],
         "hypercut_ext_epochs": 2,
-        "jin": JIN + ["--crop_size", "40", "--batch_size", "8", "--epochs", "8", "--decay_type", "step_7", "--gamma",
-                      "0.3", "--val_epoch", "8", "--display_step", "125", "--center_path", CENTRE],
+        "jin": recipe("jin_demo") + ["--crop_size", "40", "--batch_size", "8", "--epochs", "8", "--decay_type",
+                                     "step_7", "--gamma", "0.3", "--val_epoch", "8", "--display_step", "125",
+                                     "--center_path", CENTRE],
         "jin_epochs": 8,
         "runs": RUNS, "purohit": None, "figures": [0, 1, 2],
     },
@@ -60,13 +59,14 @@ SETTINGS = {
         "dataset": WORLD + ["--size", "40", "--num_train", "16", "--num_val", "4", "--num_test", "4", "--seed", "0"],
         "fresh_dataset": WORLD + ["--size", "40", "--num_train", "0", "--num_val", "0", "--num_test", "4",
                                   "--seed", "1"],
-        "hypercut": ["--crop_size", "40", "--batch_size", "4", "--lr", "5e-5", "--epochs", "1", "--val_epoch", "1"],
+        "hypercut": ["--crop_size", "40", *recipe("hypercut_paper", batch_size=4), "--epochs", "1",
+                     "--val_epoch", "1"],
         "hypercut_epochs": 1,
-        "hypercut_ext": EXT_HYPERCUT[:4] + ["--batch_size", "4", "--lr", "1e-3", "--crop_size", "40",
-                                            "--subcrop_size", "36", "--subcrops", "2", "--epochs", "1", "--val_epoch", "1"],
+        "hypercut_ext": recipe("hypercut_ext", batch_size=4) + ["--crop_size", "40", "--subcrop_size", "36",
+                                                                "--subcrops", "2", "--epochs", "1", "--val_epoch", "1"],
         "hypercut_ext_epochs": 1,
-        "jin": JIN + ["--crop_size", "40", "--batch_size", "4", "--epochs", "1", "--val_epoch", "1",
-                      "--display_step", "2", "--center_path", CENTRE],
+        "jin": recipe("jin_demo") + ["--crop_size", "40", "--batch_size", "4", "--epochs", "1", "--val_epoch", "1",
+                                     "--display_step", "2", "--center_path", CENTRE],
         "jin_epochs": 1,
         # every loss path runs: the paper's hypercut loss too
         "runs": RUNS + [("hypercut", ["--loss_type", "hypercut"], "paper")],
@@ -80,10 +80,10 @@ SETTINGS = {
                                  "--num_test", "200", "--seed", "0", "--workers", "8"],
         "fresh_dataset": WORLD[:-2] + ["--travel", "12", "24", "--size", "120", "--num_train", "0", "--num_val", "0",
                                        "--num_test", "200", "--seed", "1", "--workers", "8"],
-        "hypercut": ["--crop_size", "96", "--batch_size", "8", "--lr", "5e-5", "--epochs", "6", "--val_epoch", "3"],
+        "hypercut": ["--crop_size", "96", *recipe("hypercut_paper"), "--epochs", "6", "--val_epoch", "3"],
         "hypercut_epochs": 6,
-        "hypercut_ext": EXT_HYPERCUT + ["--crop_size", "120", "--subcrop_size", "80", "--subcrops", "4",
-                                        "--epochs", "4", "--val_epoch", "2"],
+        "hypercut_ext": recipe("hypercut_ext") + ["--crop_size", "120", "--subcrop_size", "80", "--subcrops", "4",
+                                                  "--epochs", "4", "--val_epoch", "2"],
         "hypercut_ext_epochs": 4,
         "jin": ["--width_mult", "1.0", "--batch_size", "8", "--optimizer", "ADAM", "--lr", "1e-3", "--crop_size", "80",
                 "--epochs", "20", "--decay_type", "step_15", "--gamma", "0.3", "--val_epoch", "10", "--display_step", "200"],

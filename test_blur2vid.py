@@ -46,8 +46,8 @@ import torch
 
 from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
 from datasets.metadata import PARTITIONS, dataset_inputs, dataset_name
-from losses import LOSS_TYPES
-from models import backbone_checkpoint_fields, backbone_names, load_backbone
+from losses import LOSSES
+from models import BACKBONES, backbone_checkpoint_fields, load_backbone
 from models.hypercut import hit_con, load_hypercut
 from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_eval_args, add_runtime_args,
                        check_flags, run_main)
@@ -81,9 +81,9 @@ def build_parser() -> ArgumentParser:
     add_runtime_args(p, batch_size=1, num_workers=2)
     add_checkpoint_args(p, "a train_blur2vid.py checkpoint, or a folder with Jin's four official files")
     add_eval_args(p, PARTITIONS)
-    p.add_argument("--backbone", default=None, choices=backbone_names(),
+    p.add_argument("--backbone", default=None, choices=BACKBONES.names(),
                    help="expected backbone (default: the checkpoint's; Jin for a folder and for the run name)")
-    p.add_argument("--loss_type", default=None, choices=LOSS_TYPES,
+    p.add_argument("--loss_type", default=None, choices=LOSSES.names(),
                    help="loss of the run to evaluate (default: hypercut with --hypercut_path, else order_inv)")
     p.add_argument("--width_mult", type=float, default=None,
                    help="width of an official-weights folder's model (default: 1.0); checked against a checkpoint's")

@@ -46,8 +46,8 @@ import torch
 from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
 from datasets.metadata import dataset_inputs, dataset_name
 from datasets.transforms import AugmentConfig
-from losses import LOSS_TYPES, build_loss
-from models import backbone_checkpoint_fields, backbone_names, build_backbone, float_output, load_backbone
+from losses import LOSSES, build_loss
+from models import BACKBONES, backbone_checkpoint_fields, build_backbone, float_output, load_backbone
 from models.hypercut import hit_con, load_hypercut
 from utils.checkpoint import CheckpointError, state_dict_mismatch
 from utils.cli import ArgumentParser, add_data_args, add_runtime_args, add_train_args, check_flags, run_main
@@ -75,10 +75,10 @@ def build_parser() -> ArgumentParser:
     add_train_args(parser, epochs=100, lr=5e-4, crop_size=256, val_epoch=5, display_step=500)
     add_speed_args(parser)
     g = parser.add_argument_group("deblurring")
-    g.add_argument("--backbone", default="Jin", choices=backbone_names(), help="deblurring network")
+    g.add_argument("--backbone", default="Jin", choices=BACKBONES.names(), help="deblurring network")
     g.add_argument("--width_mult", type=float, default=1.0,
                    help="scale the backbone's internal widths (1.0: the official architecture)")
-    g.add_argument("--loss_type", default="naive", choices=LOSS_TYPES, help="training loss")
+    g.add_argument("--loss_type", default="naive", choices=LOSSES.names(), help="training loss")
     g.add_argument("--hypercut_path", default=None,
                    help="a HyperCUT checkpoint (ours or the authors' state dict): needed by --loss_type "
                         "hypercut; with another loss, adds hit/con of the predictions at validation")

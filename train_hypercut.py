@@ -74,8 +74,8 @@ def build_parser() -> ArgumentParser:
     add_speed_args(parser)
     g = parser.add_argument_group("HyperCUT")
     g.add_argument("--out_dim", type=int, default=128, help="embedding size D (the hyperplane has D+1 values)")
-    g.add_argument("--f_func", default="ResnetIm2Vec", choices=sorted(F_FUNCS), help="pair encoder f")
-    g.add_argument("--g_func", default="Concat", choices=sorted(G_FUNCS), help="pair joiner g")
+    g.add_argument("--f_func", default="ResnetIm2Vec", choices=F_FUNCS.names(), help="pair encoder f")
+    g.add_argument("--g_func", default="Concat", choices=G_FUNCS.names(), help="pair joiner g")
     g.add_argument("--slope", type=float, default=REFERENCE_SLOPE,
                    help="negative slope of f's LeakyReLUs; 1.0 (identity) is the released model's")
     x = parser.add_argument_group("our extensions (lab/ordering.md; off by default)")

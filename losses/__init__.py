@@ -1,19 +1,19 @@
 """Losses for the deblurring network (`--loss_type`).
 
-The loss modules of losses/naive.py, order_inv.py and hypercut.py are called as loss(pred, gt) on
-(B, N, C, H, W) RGB [0, 1] sequences; build_loss wraps them to take a backbone's output dict (the
-backbone contract, models/__init__.py) and scores its "frames", or, for a multi-scale backbone
-(Purohit), builds losses/multiscale.py's PurohitLoss. Every loss returns (total, dict of detached terms).
+Each loss type is a SequenceLoss registered in LOSSES beside its definition (losses/base.py; naive.py,
+order_inv.py, hypercut.py, pit.py), called as loss(pred, gt) on (B, N, C, H, W) RGB [0, 1] sequences.
+build_loss wraps it to take a backbone's output dict (the backbone contract, models/__init__.py) and
+scores its "frames", or, for a multi-scale backbone (Purohit), builds losses/multiscale.py's PurohitLoss
+around it. Every loss returns (total, dict of detached terms).
 """
 from torch import nn
 
+from losses.base import LOSSES, SequenceLoss, build_frames_loss
 from losses.hypercut import HyperCUTLoss
 from losses.multiscale import PurohitLoss
 from losses.naive import NaiveLoss, charbonnier, naive_loss
 from losses.order_inv import OrderInvLoss, order_inv_loss, order_inv_terms
 from losses.pit import PITLoss, pit_loss
-
-LOSS_TYPES = ("naive", "order_inv", "hypercut", "pit")
 
 
 class FramesLoss(nn.Module):
@@ -27,22 +27,6 @@ class FramesLoss(nn.Module):
         return self.inner(out["frames"], gt)
 
 
-def build_frames_loss(loss_type: str, hypercut=None, alpha: float = 0.2) -> nn.Module:
-    """The loss module of --loss_type on frame tensors; "hypercut" needs a HyperCUT model
-    (see models.hypercut.load_hypercut)."""
-    if loss_type == "naive":
-        return NaiveLoss()
-    if loss_type == "order_inv":
-        return OrderInvLoss()
-    if loss_type == "pit":
-        return PITLoss()
-    if loss_type == "hypercut":
-        if hypercut is None:
-            raise ValueError("--loss_type hypercut needs a HyperCUT model: pass --hypercut_path")
-        return HyperCUTLoss(hypercut, alpha=alpha)
-    raise ValueError(f"unknown loss type {loss_type!r}; choose from {', '.join(LOSS_TYPES)}")
-
-
 def build_loss(loss_type: str, hypercut=None, alpha: float = 0.2, *, multiscale: bool = False, **multiscale_kwargs):
     """The loss of a backbone's output dict: multiscale (Purohit: every scale, the flow term and the
     options of PurohitLoss) or the frames loss of --loss_type."""
@@ -53,6 +37,6 @@ def build_loss(loss_type: str, hypercut=None, alpha: float = 0.2, *, multiscale:
     return FramesLoss(build_frames_loss(loss_type, hypercut, alpha))
 
 
-__all__ = ["LOSS_TYPES", "build_loss", "build_frames_loss", "charbonnier", "naive_loss", "order_inv_loss",
-           "order_inv_terms", "NaiveLoss", "OrderInvLoss", "HyperCUTLoss", "PurohitLoss", "FramesLoss", "PITLoss",
-           "pit_loss"]
+__all__ = ["LOSSES", "SequenceLoss", "build_loss", "build_frames_loss", "charbonnier", "naive_loss",
+           "order_inv_loss", "order_inv_terms", "NaiveLoss", "OrderInvLoss", "HyperCUTLoss", "PurohitLoss",
+           "FramesLoss", "PITLoss", "pit_loss"]

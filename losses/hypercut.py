@@ -15,14 +15,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from losses.base import LOSSES, SequenceLoss
 from losses.naive import check_sequences, naive_loss
 
 
-class HyperCUTLoss(nn.Module):
+@LOSSES.register("hypercut")
+class HyperCUTLoss(SequenceLoss):
     """forward(pred, gt) -> (total, {"total", "base", "reg", "flipped"}); pred and gt are RGB [0, 1]
     sequences (B, N, 3, H, W), N >= 6. The HyperCUT model is frozen here (eval mode and
     requires_grad False on its parameters, changed in place); gradients still flow through it to pred.
     """
+
+    scale_loss = staticmethod(naive_loss)
+
+    @classmethod
+    def build(cls, hypercut: nn.Module | None = None, alpha: float = 0.2) -> HyperCUTLoss:
+        if hypercut is None:
+            raise ValueError("--loss_type hypercut needs a HyperCUT model: pass --hypercut_path")
+        return cls(hypercut, alpha=alpha)
 
     def __init__(self, hypercut: nn.Module, alpha: float = 0.2):
         super().__init__()
@@ -43,6 +53,9 @@ class HyperCUTLoss(nn.Module):
         d1 = self.hypercut.embed_pairs(self.hypercut.to_network(gt), [(0, n - 1)])
         flip = self.hypercut.score(d1)[:, 0] < 0
         return torch.where(flip.view(-1, 1, 1, 1, 1), gt.flip(1), gt), flip
+
+    def target(self, pred: torch.Tensor, gt: torch.Tensor):
+        return self.canonicalize(gt)
 
     def regularizer(self, pred: torch.Tensor) -> torch.Tensor:
         """R = batch mean of sum_k softplus(-h(d_k(pred))) over the pairs P1, P2, P3."""

@@ -9,11 +9,11 @@ ground truth (B, 7, 3, H, W) RGB [0, 1], returns (total, dict of detached terms)
           + embed_weight * distance(out["embedding"], RVE(gt))         "embed", stage 2, optional
           + center_weight * charbonnier(out["center_pred"], gt[:, 3])  "center", predicted centre only
 
-base is the naive (Charbonnier), order-invariant or, for hypercut, the naive loss against the
-canonically ordered ground truth, for pit against the order closer to the finest prediction
-(losses/naive.py, order_inv.py, hypercut.py, pit.py). The ground truth is
-halved per scale by 2x2 means (models.backbones.purohit.pyramid, which the model also uses for the
-central frame). R is computed at the finest scale only.
+base and R come from the loss type (losses/base.py): base is its scale_loss against its target, i.e.
+the naive (Charbonnier) or order-invariant loss, for hypercut the naive loss against the canonically
+ordered ground truth, for pit against the order closer to the finest prediction (losses/naive.py, order_inv.py,
+hypercut.py, pit.py). The ground truth is halved per scale by 2x2 means (models.backbones.purohit.pyramid,
+which the model also uses for the central frame). R is computed at the finest scale only.
 """
 from __future__ import annotations
 
@@ -22,13 +22,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from losses.hypercut import HyperCUTLoss
-from losses.naive import charbonnier, naive_loss
-from losses.order_inv import order_inv_loss
-from losses.pit import pit_terms
+from losses.base import build_frames_loss
+from losses.naive import charbonnier
 from models.backbones.purohit import pyramid
-
-PUROHIT_LOSS_TYPES = ("naive", "order_inv", "hypercut", "pit")
 
 
 def flow_tv(flow: torch.Tensor) -> torch.Tensor:
@@ -66,13 +62,13 @@ def _embedding_distance(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Te
 class PurohitLoss(nn.Module):
     """The multi-scale loss of a PurohitBackbone output (see the module docstring).
 
-    loss_type: "naive", "order_inv" or "hypercut" (which needs `hypercut`, frozen here as in
-        HyperCUTLoss). Stage 1 (autoencode) reproduces the sharp frames in their stored order, so
-        it is trained with "naive".
+    loss_type, hypercut, alpha: the loss type and its options (losses.build_frames_loss; "hypercut"
+        needs `hypercut`, frozen as in HyperCUTLoss). Stage 1 (autoencode) reproduces the sharp frames
+        in their stored order, so it is trained with "naive".
     embed_target: a function sharp frames (B, 7, 3, H, W) -> embedding, e.g. model.encode_video
-        (the stage-1 RVE); evaluated without gradients. Needed when embed_weight > 0. Its target
-        follows the base loss: the canonical order for hypercut, and for order_inv the nearer of the
-        two orders, per sample.
+        (the stage-1 RVE); evaluated without gradients. Needed when embed_weight > 0. It embeds the
+        loss type's target (the canonical order for hypercut); for an order-free type (order_inv) the
+        nearer of the two orders counts, per sample.
     center_weight: weight of the Charbonnier term on a predicted centre (out["center_pred"],
         present only when the centre network produced it).
     """
@@ -81,19 +77,12 @@ class PurohitLoss(nn.Module):
                  mu: float = 0.02, embed_weight: float = 0.0, embed_target: Callable | None = None,
                  embed_distance: str = "l2", center_weight: float = 1.0):
         super().__init__()
-        if loss_type not in PUROHIT_LOSS_TYPES:
-            raise ValueError(f"unknown loss type {loss_type!r}; choose from {', '.join(PUROHIT_LOSS_TYPES)}")
+        self.frames_loss = build_frames_loss(loss_type, hypercut, alpha)
         if embed_distance not in ("l1", "l2"):
             raise ValueError(f"embed_distance must be 'l1' or 'l2', got {embed_distance!r}")
         if embed_weight > 0 and embed_target is None:
             raise ValueError("embed_weight > 0 needs embed_target (e.g. the model's encode_video)")
-        self.loss_type = loss_type
-        self.hypercut_loss = None
-        if loss_type == "hypercut":
-            if hypercut is None:
-                raise ValueError("--loss_type hypercut needs a HyperCUT model: pass --hypercut_path")
-            self.hypercut_loss = HyperCUTLoss(hypercut, alpha=alpha)
-        self.alpha, self.mu = float(alpha), float(mu)
+        self.mu = float(mu)
         self.embed_weight, self.embed_distance = float(embed_weight), embed_distance
         self.embed_target = embed_target  # a plain attribute: the encoder is the model's, not the loss's
         self.center_weight = float(center_weight)
@@ -103,23 +92,16 @@ class PurohitLoss(nn.Module):
             raise ValueError(f"expected ground truth of the prediction's shape {tuple(out['frames'].shape)}, "
                              f"got {tuple(gt.shape)}")
         terms = {}
-        target = gt
-        if self.hypercut_loss is not None:
-            target, flipped = self.hypercut_loss.canonicalize(gt)
+        target, flipped = self.frames_loss.target(out["frames"], gt)  # one order for every scale
+        if flipped is not None:
             terms["flipped"] = flipped.sum()
-        elif self.loss_type == "pit":  # the order is chosen once, at the finest scale, for every scale
-            with torch.no_grad():
-                _, flipped = pit_terms(out["frames"], gt)
-            target = torch.where(flipped[:, None, None, None, None], gt.flip(1), gt)
-            terms["flipped"] = flipped.sum()
-        base = order_inv_loss if self.loss_type == "order_inv" else naive_loss
-        photo = multiscale_loss(out["scales"], target, base)
+        photo = multiscale_loss(out["scales"], target, self.frames_loss.scale_loss)
         tv = multiscale_flow_tv(out["flows"])
         total = photo + self.mu * tv
         terms.update(photo=photo.detach(), tv=tv.detach())
-        if self.hypercut_loss is not None:
-            reg = self.hypercut_loss.regularizer(out["frames"])
-            total = total + self.alpha * reg
+        reg = self.frames_loss.regularizer(out["frames"])
+        if reg is not None:
+            total = total + self.frames_loss.alpha * reg
             terms["reg"] = reg.detach()
         if self.embed_weight > 0:
             embed = self.embedding_term(out["embedding"], target)
@@ -136,7 +118,7 @@ class PurohitLoss(nn.Module):
         """Batch mean of the distance between the BIE's embedding and the RVE's embedding of gt."""
         with torch.no_grad():
             target = self.embed_target(gt)
-            reverse = self.embed_target(gt.flip(1)) if self.loss_type == "order_inv" else None
+            reverse = self.embed_target(gt.flip(1)) if self.frames_loss.order_free else None
         d = _embedding_distance(embedding, target, self.embed_distance)
         if reverse is not None:
             d = torch.minimum(d, _embedding_distance(embedding, reverse, self.embed_distance))

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from losses.base import LOSSES, SequenceLoss
 
 
 def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -23,8 +24,11 @@ def naive_loss(pred: torch.Tensor, gt: torch.Tensor, eps: float = 1e-6) -> torch
     return charbonnier(pred, gt, eps)
 
 
-class NaiveLoss(nn.Module):
-    """forward(pred, gt) -> (total, {"total"}), the interface every deblurring loss shares."""
+@LOSSES.register("naive")
+class NaiveLoss(SequenceLoss):
+    """forward(pred, gt) -> (total, {"total"})."""
+
+    scale_loss = staticmethod(naive_loss)
 
     def forward(self, pred: torch.Tensor, gt: torch.Tensor):
         total = naive_loss(pred, gt)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from losses.base import LOSSES, SequenceLoss
 from losses.naive import charbonnier, check_sequences
 
 
@@ -36,8 +36,12 @@ def order_inv_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return pairs + middle
 
 
-class OrderInvLoss(nn.Module):
+@LOSSES.register("order_inv")
+class OrderInvLoss(SequenceLoss):
     """forward(pred, gt) -> (total, {"total", "pairs", "middle"})."""
+
+    scale_loss = staticmethod(order_inv_loss)
+    order_free = True
 
     def forward(self, pred: torch.Tensor, gt: torch.Tensor):
         pairs, middle = order_inv_terms(pred, gt)

@@ -8,9 +8,9 @@ it can read from the blur, so pit is the order-free baseline that could learn a 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from losses.naive import check_sequences
+from losses.base import LOSSES, SequenceLoss
+from losses.naive import check_sequences, naive_loss
 
 
 def pit_terms(pred: torch.Tensor, gt: torch.Tensor, eps: float = 1e-6):
@@ -25,9 +25,18 @@ def pit_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return pit_terms(pred, gt)[0]
 
 
-class PITLoss(nn.Module):
+@LOSSES.register("pit")
+class PITLoss(SequenceLoss):
     """forward(pred, gt) -> (total, {"total", "flipped"}): flipped counts the samples of the batch
     matched to the reversed ground truth."""
+
+    scale_loss = staticmethod(naive_loss)
+
+    @torch.no_grad()
+    def target(self, pred: torch.Tensor, gt: torch.Tensor):
+        """gt in the order closer to pred, per sample, and the BoolTensor (B,) of the reversed ones."""
+        _, flipped = pit_terms(pred, gt)
+        return torch.where(flipped[:, None, None, None, None], gt.flip(1), gt), flipped
 
     def forward(self, pred: torch.Tensor, gt: torch.Tensor):
         total, flipped = pit_terms(pred, gt)

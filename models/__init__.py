@@ -7,8 +7,12 @@
 
 A checkpoint written by train_blur2vid.py records the backbone's name and constructor arguments
 ({"backbone": {"name": "Jin", "width_mult": 1.0}}) and its input convention, so loading needs nothing
-else. Each registered backbone says which constructor arguments rebuild it and, optionally, how to
-read its authors' official weights from a folder.
+else. Each backbone registers itself beside its class, in BACKBONES (models/registries.py), with the
+constructor arguments that rebuild it and, optionally, how to read its authors' official weights from a
+folder:
+
+    @BACKBONES.register("Jin", config_keys=("width_mult",), load_official=load_official_jin)
+    class JinBackbone(nn.Module): ...
 
 The backbone contract (Jin, Purohit, any later one), so that scripts and losses name no backbone:
 - attributes `num_frames` (7), `input_convention` (models.convention: each network converts its own
@@ -24,42 +28,16 @@ The backbone contract (Jin, Purohit, any later one), so that scripts and losses 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
-from models.backbones.jin import JinBackbone, JinCenterBackbone, load_official_jin
-from models.backbones.purohit import PurohitBackbone
+import models.backbones.jin  # noqa: F401  (registers Jin and JinCenter)
+import models.backbones.purohit  # noqa: F401  (registers Purohit)
 from models.convention import InputConvention
+from models.registries import BACKBONES, BackboneEntry
 from utils.checkpoint import CheckpointError, load_checkpoint, state_dict_mismatch
-
-
-@dataclass(frozen=True)
-class BackboneEntry:
-    name: str
-    build: Callable[..., nn.Module]
-    config_keys: tuple  # constructor arguments that rebuild a model (read back from the model's attributes)
-    # folder -> model, for the authors' released weights; None when there are none
-    load_official: Callable[..., nn.Module] | None = None
-
-
-_REGISTRY: dict[str, BackboneEntry] = {}
-
-
-def register_backbone(entry: BackboneEntry) -> BackboneEntry:
-    if entry.name in _REGISTRY:
-        raise ValueError(f"backbone {entry.name!r} is registered twice")
-    _REGISTRY[entry.name] = entry
-    return entry
-
-
-register_backbone(BackboneEntry("Jin", JinBackbone, ("width_mult",), load_official=load_official_jin))
-register_backbone(BackboneEntry("JinCenter", JinCenterBackbone, ("width_mult",)))
-register_backbone(BackboneEntry(
-    "Purohit", PurohitBackbone, ("width_mult", "center_width_mult", "feed_back_flow")))
 
 
 def float_output(out: dict) -> dict:
@@ -74,19 +52,9 @@ def float_output(out: dict) -> dict:
     return {k: cast(v) for k, v in out.items()}
 
 
-def backbone_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def _entry(name: str) -> BackboneEntry:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(backbone_names())}")
-    return _REGISTRY[name]
-
-
 def build_backbone(name: str, **kwargs) -> nn.Module:
     """A freshly initialised backbone; the name is remembered as `model.backbone_name`."""
-    model = _entry(name).build(**kwargs)
+    model = BACKBONES[name].build(**kwargs)
     model.backbone_name = name
     return model
 
@@ -94,7 +62,7 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
 def _name_of(model: nn.Module) -> str:
     name = getattr(model, "backbone_name", None)
     if name is None:  # built directly from its class
-        name = next((n for n, e in _REGISTRY.items() if type(model) is e.build), None)
+        name = next((n for n, e in BACKBONES.items() if type(model) is e.build), None)
     if name is None:
         raise ValueError(f"{type(model).__name__} is not a registered backbone")
     return name
@@ -105,7 +73,7 @@ def backbone_checkpoint_fields(model: nn.Module) -> dict:
     needs beside the state dict to rebuild the model (see load_backbone)."""
     model = model.module if hasattr(model, "module") else model  # DDP
     name = _name_of(model)
-    config = {k: getattr(model, k) for k in _entry(name).config_keys}
+    config = {k: getattr(model, k) for k in BACKBONES[name].config_keys}
     return {"backbone": {"name": name, **config}, "input_convention": model.input_convention.to_dict()}
 
 
@@ -128,7 +96,7 @@ def load_backbone(path, map_location="cpu", *, name: str | None = None,
     """
     path = Path(path)
     if path.is_dir():
-        entry = _entry(name or "Jin")
+        entry = BACKBONES[name or "Jin"]
         if entry.load_official is None:
             raise CheckpointError(f"{path} is a folder, but backbone {entry.name!r} has no official "
                                   "weights: pass a checkpoint file written by train_blur2vid.py")
@@ -155,11 +123,11 @@ def load_backbone(path, map_location="cpu", *, name: str | None = None,
              f"found {', '.join(sorted(map(str, ckpt.keys()))[:6]) or 'nothing'})")
     info = dict(ckpt["backbone"])
     saved_name = info.pop("name", None)
-    if saved_name not in _REGISTRY:
-        fail(f"unknown backbone {saved_name!r}; this version knows {', '.join(backbone_names())}")
+    if saved_name not in BACKBONES:
+        fail(f"unknown backbone {saved_name!r}; this version knows {', '.join(BACKBONES.names())}")
     if name is not None and name != saved_name:
         fail(f"holds a {saved_name} backbone, not {name}")
-    entry = _REGISTRY[saved_name]
+    entry = BACKBONES[saved_name]
     config = {k: info[k] for k in entry.config_keys if k in info}
     if width_mult is not None and "width_mult" in config and float(config["width_mult"]) != float(width_mult):
         fail(f"was trained with width_mult {config['width_mult']:g}, but width_mult {width_mult:g} was asked for "
@@ -183,5 +151,5 @@ def load_backbone(path, map_location="cpu", *, name: str | None = None,
     return model.to(map_location).eval()
 
 
-__all__ = ["BackboneEntry", "register_backbone", "backbone_names", "build_backbone",
+__all__ = ["BACKBONES", "BackboneEntry", "build_backbone",
            "backbone_checkpoint_fields", "load_backbone", "float_output"]

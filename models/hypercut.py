@@ -21,7 +21,8 @@ from torch import nn
 
 from models.chunking import chunk_size, default_budget
 from models.convention import REFERENCE_BGR_IMAGENET, InputConvention
-from models.hypercut_ext import CorrIm2Vec, FlowIm2Vec, MotionIm2Vec, crop_consistency_loss, random_subcrops
+from models.hypercut_ext import crop_consistency_loss, random_subcrops  # also registers our f's in F_FUNCS
+from models.registries import F_FUNCS, G_FUNCS
 from utils.checkpoint import CheckpointError, load_checkpoint, state_dict_mismatch
 from utils.seeds import stable_seed
 
@@ -32,6 +33,7 @@ REFERENCE_SLOPE = 1.0
 HYPERPLANE_SEED = 42
 
 
+@G_FUNCS.register("Concat")
 class ConcatG(nn.Module):
     """g: joins frames on the channel axis, (B, 3, H, W) x k -> (B, 3k, H, W)."""
 
@@ -60,6 +62,7 @@ class ResidualBlock(nn.Module):
         return x + self.conv_block(x)
 
 
+@F_FUNCS.register("ResnetIm2Vec")
 class ResnetIm2Vec(nn.Module):
     """f: image (B, in_channels, H, W) -> vector (B, out_dim).
 
@@ -177,12 +180,6 @@ class Hyperplane(nn.Module):
             return d @ w[:-1] + w[-1] * d.sum(dim=-1)
 
 
-G_FUNCS = {"Concat": ConcatG}
-# MotionIm2Vec, CorrIm2Vec and FlowIm2Vec: our extensions (models/hypercut_ext.py)
-F_FUNCS = {"ResnetIm2Vec": ResnetIm2Vec, "MotionIm2Vec": MotionIm2Vec, "CorrIm2Vec": CorrIm2Vec,
-           "FlowIm2Vec": FlowIm2Vec}
-
-
 def sequence_pairs(num_frames: int, include_reversed: bool = True) -> list[tuple[int, int]]:
     """0-based frame pairs P1 = (1, T), P2 = (2, T-1), P3 = (3, T-2) (1-based), each followed by its
     reverse when include_reversed: order d1, dbar1, d2, dbar2, d3, dbar3."""
@@ -225,14 +222,11 @@ class HyperCUT(nn.Module):
         super().__init__()
         if not lowpass >= 0:
             raise ValueError(f"lowpass (a Gaussian's sigma in pixels) must be >= 0, got {lowpass}")
-        if g_func not in G_FUNCS:
-            raise ValueError(f"unknown g_func {g_func!r}; choose from {sorted(G_FUNCS)}")
-        if f_func not in F_FUNCS:
-            raise ValueError(f"unknown f_func {f_func!r}; choose from {sorted(F_FUNCS)}")
+        g_class, f_class = G_FUNCS[g_func], F_FUNCS[f_func]
         if isinstance(input_convention, Mapping):
             input_convention = InputConvention.from_dict(input_convention)
-        self.g_func = G_FUNCS[g_func](num_frames=2)
-        self.f_func = F_FUNCS[f_func](in_channels=self.g_func.out_channels, out_dim=out_dim, slope=slope)
+        self.g_func = g_class(num_frames=2)
+        self.f_func = f_class(in_channels=self.g_func.out_channels, out_dim=out_dim, slope=slope)
         self.hyperplane = Hyperplane(out_dim, seed=hyperplane_seed)
         self.input_convention = input_convention
         self.config = {"out_dim": int(out_dim), "f_func": f_func, "g_func": g_func, "slope": float(slope)}

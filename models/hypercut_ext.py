@@ -24,7 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.registries import F_FUNCS
 
+
+@F_FUNCS.register("MotionIm2Vec")
 class MotionIm2Vec(nn.Module):
     """f for g = Concat: (B, 6, H, W) (two frames on the channel axis) -> (B, out_dim), antisymmetric in
     the two frames. `slope` is accepted for HyperCUT's interface; the network uses ReLU."""
@@ -72,6 +75,7 @@ class MotionIm2Vec(nn.Module):
         return torch.cat(out, 1) @ self.head.weight.t()
 
 
+@F_FUNCS.register("CorrIm2Vec")
 class CorrIm2Vec(nn.Module):
     """f for g = Concat that sees the two frames only through their global correlation at a set of
     shifts (a cost volume, as optical-flow networks build): at 1/4 resolution for shifts up to +-5
@@ -119,6 +123,7 @@ class CorrIm2Vec(nn.Module):
         return ab - ba
 
 
+@F_FUNCS.register("FlowIm2Vec")
 class FlowIm2Vec(CorrIm2Vec):
     """Like CorrIm2Vec, but the MLP reads only the soft-argmax of each cost volume: a global motion
     estimate (dx, dy) per scale, in pixels / 8. d(a, b) = phi(m) - phi(-m), so the order HyperCUT learns

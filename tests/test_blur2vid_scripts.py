@@ -28,7 +28,7 @@ import test_blur2vid
 import train_blur2vid
 from datasets.blur2vid import Blur2VidDataset
 from datasets.transforms import read_image
-from models import backbone_checkpoint_fields, backbone_names, build_backbone, load_backbone
+from models import BACKBONES, backbone_checkpoint_fields, build_backbone, load_backbone
 from models.backbones.jin import OFFICIAL_FILES, JinBackbone
 from models.hypercut import HyperCUT, hit_con, load_hypercut
 from utils.checkpoint import CheckpointError
@@ -171,7 +171,7 @@ def trained(data, tmp_path_factory):
 # --- the registry and load_backbone -------------------------------------------------------------------
 
 def test_registry_round_trip(tmp_path):
-    assert "Jin" in backbone_names()
+    assert "Jin" in BACKBONES.names()
     model = build_backbone("Jin", width_mult=0.25)
     assert isinstance(model, JinBackbone) and model.width_mult == 0.25
     fields = backbone_checkpoint_fields(model)

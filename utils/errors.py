@@ -17,3 +17,8 @@ class FlagError(UserError):
 
 class RunFolderError(UserError):
     """A run folder that cannot be used as asked (already holds a run, or holds none to evaluate)."""
+
+
+class UnknownNameError(UserError, ValueError):
+    """A name (a backbone, an f or g of HyperCUT, a loss type) that no registry holds, from a flag or a
+    checkpoint; also a ValueError, as any bad argument is."""

@@ -23,6 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from recipes import recipe
 from utils.cli import ArgumentParser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,11 +31,10 @@ LOSSES = ("naive", "order_inv", "hypercut")
 
 BUDGETS = {
     # the CPU demo's budget (README "Measured results"): width 0.25, 64x64 crops, batch 8, 12 epochs
-    "demo": {"data": [], "hypercut": ["--crop_size", "64", "--batch_size", "8", "--lr", "5e-5", "--decay_type",
-                                      "step_12_18_22", "--gamma", "0.5", "--val_epoch", "4", "--epochs", "24"],
+    "demo": {"data": [], "hypercut": ["--crop_size", "64", *recipe("hypercut_paper_lab"), "--epochs", "24"],
              # --amp off: narrow networks are launch-bound on a GPU, where bf16 made them slower (README, Speed)
-             "deblur": ["--width_mult", "0.25", "--crop_size", "64", "--batch_size", "8", "--val_epoch", "12",
-                        "--display_step", "0", "--epochs", "12", "--amp", "off"],
+             "deblur": recipe("jin_lab") + ["--val_epoch", "12", "--display_step", "0", "--epochs", "12",
+                                            "--amp", "off"],
              "epochs": {"hypercut": 24, "deblur": 12}},
     "tiny": {"data": ["--size", "48", "--num_train", "8", "--num_val", "2", "--num_test", "2"],
              "hypercut": ["--crop_size", "40", "--batch_size", "4", "--lr", "5e-5", "--epochs", "1"],

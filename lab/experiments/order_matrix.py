@@ -33,19 +33,18 @@ import sys
 import time
 from pathlib import Path
 
+from recipes import recipe
 from utils.cli import ArgumentParser
 
 REPO = Path(__file__).resolve().parents[2]
 
 # HyperCUT variants: flags of train_hypercut.py and the number of epochs (the final checkpoint).
 HYPERCUTS = {
-    # the paper's model with the demo's settings (README, run_demo.py)
-    "paper": (["--crop_size", "64", "--batch_size", "8", "--lr", "5e-5", "--decay_type", "step_12_18_22",
-               "--gamma", "0.5", "--val_epoch", "4"], 24),
-    # our extension (lab/ordering.md): f reads a global motion estimate, 4 sub-crops must agree
-    "ext": (["--f_func", "FlowIm2Vec", "--crop_size", "128", "--subcrop_size", "64", "--subcrops", "4",
-             "--crop_consistency", "2.0", "--batch_size", "8", "--lr", "1e-3", "--decay_type", "step_6",
-             "--gamma", "0.5", "--val_epoch", "4"], 8),
+    # the paper's model (recipes.py)
+    "paper": (["--crop_size", "64", *recipe("hypercut_paper_lab")], 24),
+    # our extension (recipes.py, lab/ordering.md): f reads a global motion estimate, 4 sub-crops must agree
+    "ext": (recipe("hypercut_ext") + ["--crop_size", "128", "--subcrop_size", "64", "--subcrops", "4",
+                                      "--decay_type", "step_6", "--gamma", "0.5", "--val_epoch", "4"], 8),
     # ablations, for the probe table only
     "flow": (["--f_func", "FlowIm2Vec", "--crop_size", "64", "--batch_size", "8", "--lr", "1e-3",
               "--decay_type", "step_6", "--gamma", "0.5", "--val_epoch", "4"], 8),
@@ -56,10 +55,8 @@ HYPERCUTS = {
                      "--crop_consistency", "1.0", "--batch_size", "8", "--lr", "1e-3", "--decay_type", "step_3",
                      "--gamma", "0.5", "--val_epoch", "4"], 4),
     "paper_crop": (["--crop_size", "128", "--subcrop_size", "64", "--subcrops", "2", "--crop_consistency", "1.0",
-                    "--batch_size", "8", "--lr", "5e-5", "--decay_type", "step_12_18_22", "--gamma", "0.5",
-                    "--val_epoch", "4"], 24),
-    "paper_slope02": (["--slope", "0.2", "--crop_size", "64", "--batch_size", "8", "--lr", "5e-5",
-                       "--decay_type", "step_12_18_22", "--gamma", "0.5", "--val_epoch", "4"], 24),
+                    *recipe("hypercut_paper_lab")], 24),
+    "paper_slope02": (["--slope", "0.2", "--crop_size", "64", *recipe("hypercut_paper_lab")], 24),
 }
 MATRIX_HYPERCUTS = ("paper", "ext")  # the variants that get deblurring rows
 
@@ -67,9 +64,9 @@ MATRIX_HYPERCUTS = ("paper", "ext")  # the variants that get deblurring rows
 # network is still worse than returning the blurry image as every frame (lab/ordering.md), so a
 # longer and a much longer one follow; the much longer one only for the rows that matter most.
 BUDGETS = {
-    "demo": (["--width_mult", "0.25", "--crop_size", "64", "--batch_size", "8", "--val_epoch", "4"], 12),
-    "long": (["--width_mult", "0.25", "--crop_size", "64", "--batch_size", "8", "--val_epoch", "12"], 48),
-    "xlong": (["--width_mult", "0.25", "--crop_size", "64", "--batch_size", "8", "--val_epoch", "40"], 120),
+    "demo": (recipe("jin_lab") + ["--val_epoch", "4"], 12),
+    "long": (recipe("jin_lab") + ["--val_epoch", "12"], 48),
+    "xlong": (recipe("jin_lab") + ["--val_epoch", "40"], 120),
 }
 # A GPU budget bounded by time, not epochs (--budgets wide): the paper's full-width Jin, bf16, batch 16 of
 # 64x64 crops, for --minutes of training each, the lr decayed x0.9 every 30 epochs (22 steps each).

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from models.chunking import chunk_size, default_budget
 from models.convention import RGB_UNIT
+from models.registries import BACKBONES
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 # The trunks work at 1/4 (middle) and 1/5 (inner networks) resolution.
@@ -233,6 +234,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return x
 
 
+@BACKBONES.register("JinCenter", config_keys=("width_mult",))
 class JinCenterBackbone(nn.Module):
     """Jin's middle network alone, as a backbone: blur (B, 3, H, W) -> frame 4, {"frames": (B, 1, 3, H, W),
     "center": (B, 3, H, W)}. Trained with --target_frames 4, it needs no order (the middle frame is the
@@ -270,6 +272,38 @@ OFFICIAL_FILES = (
 _STRAY_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
+def _unwrap(obj, where: str) -> dict:
+    """An official file's content -> its state dict, without stray running-stat buffers."""
+    if isinstance(obj, dict) and "state_dict_G" in obj:
+        obj = obj["state_dict_G"]
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise CheckpointError(f"{where}: expected {{'state_dict_G': state_dict}} or a state dict of tensors")
+    if obj and all(k.startswith("module.") for k in obj):  # saved from nn.DataParallel
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return {k: v for k, v in obj.items() if k.rsplit(".", 1)[-1] not in _STRAY_BUFFERS}
+
+
+def load_official_jin(folder_or_dicts, width_mult: float = 1.0) -> JinBackbone:
+    """A JinBackbone from Jin's four official files (a folder holding them) or a dict
+    {"center", "f35", "f26", "f17"} of their state dicts."""
+    model = JinBackbone(width_mult)
+    if isinstance(folder_or_dicts, dict):
+        model.load_official_state_dicts(folder_or_dicts)
+        return model
+    folder = Path(folder_or_dicts)
+    if not folder.is_dir():
+        raise CheckpointError(f"Jin official weights: folder not found: {folder}")
+    dicts, sources = {}, {}
+    for name, filename, _ in OFFICIAL_FILES:
+        path = folder / filename
+        if not path.is_file():
+            raise CheckpointError(f"Jin official weights: {filename} ({name}) is missing from {folder}")
+        dicts[name], sources[name] = load_checkpoint(path), str(path)
+    model.load_official_state_dicts(dicts, sources)
+    return model
+
+
+@BACKBONES.register("Jin", config_keys=("width_mult",), load_official=load_official_jin)
 class JinBackbone(nn.Module):
     """Blur (B, 3, H, W) RGB in [0, 1], any size -> frames 1..7 (B, 7, 3, H, W) RGB.
 
@@ -356,37 +390,6 @@ class JinBackbone(nn.Module):
             for mine, official in prefixes.items():
                 mapped.update({mine + k[len(official):]: v for k, v in sd.items() if k.startswith(official)})
         self.load_state_dict(mapped, strict=True)
-
-
-def _unwrap(obj, where: str) -> dict:
-    """An official file's content -> its state dict, without stray running-stat buffers."""
-    if isinstance(obj, dict) and "state_dict_G" in obj:
-        obj = obj["state_dict_G"]
-    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise CheckpointError(f"{where}: expected {{'state_dict_G': state_dict}} or a state dict of tensors")
-    if obj and all(k.startswith("module.") for k in obj):  # saved from nn.DataParallel
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return {k: v for k, v in obj.items() if k.rsplit(".", 1)[-1] not in _STRAY_BUFFERS}
-
-
-def load_official_jin(folder_or_dicts, width_mult: float = 1.0) -> JinBackbone:
-    """A JinBackbone from Jin's four official files (a folder holding them) or a dict
-    {"center", "f35", "f26", "f17"} of their state dicts."""
-    model = JinBackbone(width_mult)
-    if isinstance(folder_or_dicts, dict):
-        model.load_official_state_dicts(folder_or_dicts)
-        return model
-    folder = Path(folder_or_dicts)
-    if not folder.is_dir():
-        raise CheckpointError(f"Jin official weights: folder not found: {folder}")
-    dicts, sources = {}, {}
-    for name, filename, _ in OFFICIAL_FILES:
-        path = folder / filename
-        if not path.is_file():
-            raise CheckpointError(f"Jin official weights: {filename} ({name}) is missing from {folder}")
-        dicts[name], sources[name] = load_checkpoint(path), str(path)
-    model.load_official_state_dicts(dicts, sources)
-    return model
 
 
 def save_official_jin(model: JinBackbone, folder) -> list[Path]:

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from models.backbones.jin import MiddleNetwork, load_middle_network, pad_to_multiple, scaled_width
 from models.convention import RGB_UNIT
+from models.registries import BACKBONES
 
 NUM_SCALES = 4
 SIZE_MULTIPLE = 2 ** (NUM_SCALES - 1)  # three stride-2 levels
@@ -260,6 +261,7 @@ class RecurrentVideoDecoder(nn.Module):
         return stack(frames), stack(flows), stack(masks)
 
 
+@BACKBONES.register("Purohit", config_keys=("width_mult", "center_width_mult", "feed_back_flow"))
 class PurohitBackbone(nn.Module):
     """Blur (B, 3, H, W) RGB in [0, 1], any size -> 7 frames by warping a central frame.
 
