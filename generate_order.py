@@ -39,8 +39,8 @@ from datasets.ordering import oracle_orders
 from datasets.metadata import (MetadataError, check_files, dataset_inputs, dataset_name, metadata_file, parse_entries,
                                read_metadata, rebased, with_orders, write_metadata)
 from models.hypercut import F_FUNCS, G_FUNCS, load_hypercut, order_decisions
-from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_runtime_args, check_flags, long_name,
-                       output_problem, run_main)
+from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_runtime_args, at_least, check_flags,
+                       long_name, output_problem, run_main)
 from utils.device import resolve_device
 from utils.errors import FlagError, RunFolderError
 from utils.evaluation import hypercut_scores, make_eval_loader
@@ -69,7 +69,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="allow replacing an existing --save_path, the input metadata.json included")
     g = p.add_argument_group("HyperCUT (for the default run name)")
-    g.add_argument("--out_dim", type=int, default=128, help="embedding size D of the run")
+    g.add_argument("--out_dim", type=at_least(1, 1024), default=128, help="embedding size D of the run")
     g.add_argument("--f_func", default="ResnetIm2Vec", choices=sorted(F_FUNCS), help="pair encoder f of the run")
     g.add_argument("--g_func", default="Concat", choices=sorted(G_FUNCS), help="pair joiner g of the run")
     return p

@@ -50,7 +50,7 @@ from losses import LOSS_TYPES
 from models import backbone_checkpoint_fields, backbone_names, load_backbone
 from models.hypercut import load_hypercut
 from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_eval_args, add_runtime_args,
-                       check_flags, run_main)
+                       above, check_flags, run_main)
 from utils.device import resolve_device
 from utils.errors import FlagError
 from utils.evaluation import add_tile_arg, evaluate, make_eval_loader, predict_frames, resolve_tile, tiled
@@ -84,7 +84,7 @@ def build_parser() -> ArgumentParser:
                    help="expected backbone (default: the checkpoint's; Jin for a folder and for the run name)")
     p.add_argument("--loss_type", default=None, choices=LOSS_TYPES,
                    help="loss of the run to evaluate (default: hypercut with --hypercut_path, else order_inv)")
-    p.add_argument("--width_mult", type=float, default=None,
+    p.add_argument("--width_mult", type=above(0, 4.0), default=None,
                    help="width of an official-weights folder's model (default: 1.0); checked against a checkpoint's")
     p.add_argument("--p_mode", default="pair", choices=("pair", "sequence"),
                    help="pPSNR/pSSIM: the paper's per-pair formula or the reference's whole-sequence one")

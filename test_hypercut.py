@@ -29,7 +29,7 @@ from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
 from datasets.metadata import PARTITIONS, dataset_inputs, dataset_name
 from models.hypercut import F_FUNCS, G_FUNCS, load_hypercut
 from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_eval_args, add_runtime_args,
-                       check_flags, run_main)
+                       at_least, check_flags, run_main)
 from utils.device import resolve_device
 from utils.errors import FlagError
 from utils.evaluation import hypercut_scores, make_eval_loader
@@ -53,7 +53,7 @@ def build_parser() -> ArgumentParser:
     add_checkpoint_args(p, "our HyperCUT checkpoint or the reference's state dict")
     add_eval_args(p, PARTITIONS)
     g = p.add_argument_group("HyperCUT (for the default run name)")
-    g.add_argument("--out_dim", type=int, default=128, help="embedding size D of the run")
+    g.add_argument("--out_dim", type=at_least(1, 1024), default=128, help="embedding size D of the run")
     g.add_argument("--f_func", default="ResnetIm2Vec", choices=sorted(F_FUNCS), help="pair encoder f of the run")
     g.add_argument("--g_func", default="Concat", choices=sorted(G_FUNCS), help="pair joiner g of the run")
     return p

@@ -50,7 +50,8 @@ from losses import LOSS_TYPES, build_loss
 from models import backbone_checkpoint_fields, backbone_names, build_backbone, float_output, load_backbone
 from models.hypercut import load_hypercut
 from utils.checkpoint import CheckpointError, state_dict_mismatch
-from utils.cli import ArgumentParser, add_data_args, add_runtime_args, add_train_args, check_flags, run_main
+from utils.cli import (ArgumentParser, above, add_data_args, add_runtime_args, add_train_args, at_least, check_flags,
+                       run_main)
 from utils.distributed import cleanup_process, setup_process
 from utils.errors import FlagError
 from utils.evaluation import evaluate, make_eval_loader
@@ -76,13 +77,13 @@ def build_parser() -> ArgumentParser:
     add_speed_args(parser)
     g = parser.add_argument_group("deblurring")
     g.add_argument("--backbone", default="Jin", choices=backbone_names(), help="deblurring network")
-    g.add_argument("--width_mult", type=float, default=1.0,
+    g.add_argument("--width_mult", type=above(0, 4.0), default=1.0,
                    help="scale the backbone's internal widths (1.0: the official architecture)")
     g.add_argument("--loss_type", default="naive", choices=LOSS_TYPES, help="training loss")
     g.add_argument("--hypercut_path", default=None,
                    help="a HyperCUT checkpoint (ours or the authors' state dict): needed by --loss_type "
                         "hypercut; with another loss, adds hit/con of the predictions at validation")
-    g.add_argument("--alpha", type=float, default=0.2, help="weight of the HyperCUT regulariser R")
+    g.add_argument("--alpha", type=at_least(0, kind=float), default=0.2, help="weight of the HyperCUT regulariser R")
     g.add_argument("--noise_targets", action="store_true",
                    help="add the augmentation's noise to the sharp targets too, as the reference does (default: "
                         "the blurry input only; copying the input is then not rewarded)")
@@ -99,13 +100,14 @@ def build_parser() -> ArgumentParser:
                    help="1: the video autoencoder (RVE + RVD) on sharp sequences; 2: the blurred-image encoder")
     g.add_argument("--stage1_path", default=None, help="stage 2: the stage-1 checkpoint to start from")
     g.add_argument("--train_decoder", action="store_true", help="stage 2: fine-tune the RVD too (default: off, frozen)")
-    g.add_argument("--embed_weight", type=float, default=0.0,
+    g.add_argument("--embed_weight", type=at_least(0, kind=float), default=0.0,
                    help="stage 2: weight of the distance between the BIE's and the RVE's embeddings")
-    g.add_argument("--center_weight", type=float, default=1.0,
+    g.add_argument("--center_weight", type=at_least(0, kind=float), default=1.0,
                    help="stage 2: weight of the Charbonnier term of a jointly trained centre network")
-    g.add_argument("--center_width_mult", type=float, default=None,
+    g.add_argument("--center_width_mult", type=above(0, 4.0), default=None,
                    help="width of the centre network (default: --width_mult; 1.0 for Jin's official weights)")
-    g.add_argument("--mu", type=float, default=0.02, help="weight of the flow regulariser (total variation)")
+    g.add_argument("--mu", type=at_least(0, kind=float), default=0.02,
+                   help="weight of the flow regulariser (total variation)")
     return parser
 
 

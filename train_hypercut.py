@@ -51,7 +51,8 @@ from models.convention import REFERENCE_BGR_IMAGENET
 from models.hypercut import (F_FUNCS, G_FUNCS, REFERENCE_SLOPE, HyperCUT, OrderingObjective, hypercut_loss,
                              load_hypercut, sequence_pairs)
 from utils.checkpoint import CheckpointError, state_dict_mismatch
-from utils.cli import ArgumentParser, add_data_args, add_runtime_args, add_train_args, check_flags, run_main
+from utils.cli import (ArgumentParser, Range, add_data_args, add_runtime_args, add_train_args, at_least, check_flags,
+                       run_main)
 from utils.distributed import cleanup_process, setup_process
 from utils.errors import FlagError
 from utils.evaluation import hypercut_scores, make_eval_loader
@@ -74,18 +75,19 @@ def build_parser() -> ArgumentParser:
     add_train_args(parser, epochs=100, lr=5e-4, crop_size=256, val_epoch=5, display_step=100, images=False)
     add_speed_args(parser)
     g = parser.add_argument_group("HyperCUT")
-    g.add_argument("--out_dim", type=int, default=128, help="embedding size D (the hyperplane has D+1 values)")
+    g.add_argument("--out_dim", type=at_least(1, 1024), default=128,
+                   help="embedding size D (the hyperplane has D+1 values)")
     g.add_argument("--f_func", default="ResnetIm2Vec", choices=sorted(F_FUNCS), help="pair encoder f")
     g.add_argument("--g_func", default="Concat", choices=sorted(G_FUNCS), help="pair joiner g")
-    g.add_argument("--slope", type=float, default=REFERENCE_SLOPE,
+    g.add_argument("--slope", type=Range(float), default=REFERENCE_SLOPE,
                    help="negative slope of f's LeakyReLUs; 1.0 (identity) is the released model's")
     x = parser.add_argument_group("our extensions (lab/ordering.md; off by default)")
-    x.add_argument("--subcrop_size", type=int, default=None,
+    x.add_argument("--subcrop_size", type=at_least(1), default=None,
                    help="train on --subcrops random crops of this size taken from each training crop")
-    x.add_argument("--subcrops", type=int, default=2, help="sub-crops per sequence (with --subcrop_size)")
-    x.add_argument("--crop_consistency", type=float, default=0.0,
+    x.add_argument("--subcrops", type=at_least(1), default=2, help="sub-crops per sequence (with --subcrop_size)")
+    x.add_argument("--crop_consistency", type=at_least(0, kind=float), default=0.0,
                    help="weight of the term asking a sequence's sub-crops to land on one side (0: the paper)")
-    x.add_argument("--lowpass", type=float, default=0.0, metavar="SIGMA",
+    x.add_argument("--lowpass", type=at_least(0, 64.0, kind=float), default=0.0, metavar="SIGMA",
                    help="Gaussian low-pass (sigma in pixels) of both frames before f, kept in the checkpoint and "
                         "applied wherever the model judges (0: the paper)")
     return parser

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from utils.cli import parse_decay
+from utils.cli import at_least, parse_decay
 from utils.device import out_of_memory_hint
 from utils.distributed import DistInfo
 from utils.errors import FlagError
@@ -127,7 +127,7 @@ def add_speed_args(parser) -> None:
                    help="mixed precision of the forward pass (auto: bf16 on CUDA when supported, else off); "
                         "losses are computed in float32")
     g.add_argument("--channels_last", action="store_true", help="channels-last memory format (pays on GPUs)")
-    g.add_argument("--skip_nonfinite", type=int, default=0,
+    g.add_argument("--skip_nonfinite", type=at_least(0), default=0,
                    help="skip up to N batches whose loss is not finite (default: 0, the first one stops the run)")
 
 
