@@ -58,7 +58,7 @@ from utils.errors import FlagError
 from utils.evaluation import hypercut_scores, make_eval_loader
 from utils.metrics import hit_con
 from utils.run import Run, hypercut_run_name
-from utils.training import add_speed_args, denormals_flushed, fit, seed_everything
+from utils.training import TrainConfig, add_speed_args, denormals_flushed, fit, seed_everything
 
 
 def build_parser() -> ArgumentParser:
@@ -151,15 +151,16 @@ def train(args) -> dict:
 
 def _train(args, device, dist_info) -> dict:
     seed_everything(args.seed)
-    args.dataset_name = dataset_name(args.metadata_root, args.dataset_name)
-    args.exp_name = args.exp_name or hypercut_run_name(args.f_func, args.g_func, args.out_dim, args.dataset_name)
+    data_name = dataset_name(args.metadata_root, args.dataset_name)
     train_set, val_set = build_datasets(args)  # data and flag errors surface before the run folder exists
     model = build_model(args).to(device)
     need = {"HyperCUT's f": model.f_func.min_size}
     check_image_sizes(train_set, args.crop_size, val_set, crop_need=need, eval_need=need)
     if args.pretrained_path and not (args.resume or args.load_epoch is not None):
         load_pretrained(model, args.pretrained_path)
-    run = Run(args, dist_info, inputs=dataset_inputs(args.metadata_root, data_root=args.data_root))
+    exp_name = args.exp_name or hypercut_run_name(args.f_func, args.g_func, args.out_dim, data_name)
+    config = TrainConfig.from_args(args, dataset_name=data_name, exp_name=exp_name)
+    run = Run(config.flags, dist_info, inputs=dataset_inputs(args.metadata_root, data_root=args.data_root))
     val_loader = make_eval_loader(val_set, args.batch_size, args.num_workers, device, dist_info)
     last = {}
 
@@ -187,7 +188,7 @@ def _train(args, device, dist_info) -> dict:
 
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     try:  # the run folder's lock is let go however the run ends
-        return fit(args, model=model, train_set=train_set, val_set=val_set, step_fn=step_fn, validate_fn=validate_fn,
+        return fit(config, model=model, train_set=train_set, val_set=val_set, step_fn=step_fn, validate_fn=validate_fn,
                    fields=model.checkpoint_fields(), run=run, device=device, dist_info=dist_info, on_display=on_display,
                    log_model=f"HyperCUT {model.config}, input convention {model.input_convention}, "
                              f"{trained:,} trained parameters")

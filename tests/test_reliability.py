@@ -539,8 +539,8 @@ def test_orphan_temporary_files_are_removed_and_nothing_else(tmp_path):
     (states / ".dir.0a1b2c3d.tmp").mkdir()  # a folder of that name is not ours
     os.utime(states / ".dir.0a1b2c3d.tmp", (old, old))
     (states / ".link.0a1b2c3d.tmp").symlink_to(states / "latest.pth")
-    args = argparse.Namespace(checkpoints_dir=str(tmp_path / "runs"), exp_name="r", resume=True, load_epoch=None)
-    Run(args).close()
+    flags = {"checkpoints_dir": str(tmp_path / "runs"), "exp_name": "r", "resume": True, "load_epoch": None}
+    Run(flags).close()
     assert not any(p.exists() for p in orphans)
     assert all(p.exists() for p in keep)
     assert (states / ".dir.0a1b2c3d.tmp").is_dir() and (states / ".link.0a1b2c3d.tmp").is_symlink()
@@ -576,8 +576,8 @@ def test_sigkill_during_a_save_keeps_the_old_file_and_the_next_run_cleans_up(tmp
     assert len(leftovers) == 1
     assert load_checkpoint(target)["epoch"] in (1, 2)  # the old file or a complete new one, never half of one
     time.sleep(0.05)
-    args = argparse.Namespace(checkpoints_dir=str(tmp_path / "runs"), exp_name="r", resume=True, load_epoch=None)
-    Run(args).close()
+    flags = {"checkpoints_dir": str(tmp_path / "runs"), "exp_name": "r", "resume": True, "load_epoch": None}
+    Run(flags).close()
     assert not leftovers[0].exists() and target.exists()
 
 
