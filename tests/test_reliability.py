@@ -34,6 +34,7 @@ from models import backbone_checkpoint_fields, build_backbone
 from models.hypercut import HyperCUT
 from utils.checkpoint import (CheckpointError, atomic_write_text, load_checkpoint, remove_orphan_temps,
                               save_checkpoint)
+from utils.cli import ArgumentParser, above, at_least
 from utils.images import OutputClash, OutputFolders, entry_folder, save_png
 from utils.report import write_json
 from utils.run import Run, restore_training_state
@@ -131,6 +132,25 @@ def test_out_of_range_flags_are_refused(script, flag, value, tmp_path, capsys):
         parser.parse_args(argv + [f"{flag}={value}"])
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.startswith(f"error: {flag} must be ") and err.count("\n") == 1, err
+
+
+def test_a_range_checks_every_value_and_names_the_flag(capsys):
+    """utils.cli.Range: every value of an nargs flag, the first name of a flag with two, argparse's own message
+    for a value that is no number."""
+    parser = ArgumentParser(prog="x")
+    parser.add_argument("--steps", type=at_least(1), nargs="+")
+    parser.add_argument("--epochs", "--num_epochs", type=at_least(1))
+    parser.add_argument("--share", type=above(0, 1.0))
+    assert parser.parse_args(["--steps", "1", "2", "--share", "1"]).steps == [1, 2]
+    for argv, line in ((["--steps", "1", "0"], "error: --steps must be >= 1 (got 0) (see x --help)"),
+                       (["--num_epochs", "0"], "error: --epochs must be >= 1 (got 0) (see x --help)"),
+                       (["--share", "0"], "error: --share must be > 0 (got 0.0) (see x --help)"),
+                       (["--share", "1.5"], "error: --share must be <= 1.0 (got 1.5) (see x --help)"),
+                       (["--share=-inf"], "error: --share must be a finite number (got -inf) (see x --help)"),
+                       (["--steps", "two"], "error: argument --steps: invalid int value: 'two' (see x --help)")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert capsys.readouterr().err == line + "\n"
 
 
 @pytest.mark.parametrize("argv, flag", [
