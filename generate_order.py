@@ -39,8 +39,8 @@ from datasets.ordering import oracle_orders
 from datasets.metadata import (MetadataError, check_files, dataset_inputs, dataset_name, metadata_file, parse_entries,
                                read_metadata, rebased, with_orders, write_metadata)
 from models.hypercut import F_FUNCS, G_FUNCS, load_hypercut, order_decisions
-from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_runtime_args, check_flags, long_name,
-                       output_problem, run_main)
+from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_runtime_args, at_least, check_flags,
+                       long_name, output_problem, run_main)
 from utils.device import resolve_device
 from utils.errors import FlagError, RunFolderError
 from utils.evaluation import hypercut_scores, make_eval_loader
@@ -69,7 +69,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="allow replacing an existing --save_path, the input metadata.json included")
     g = p.add_argument_group("HyperCUT (for the default run name)")
-    g.add_argument("--out_dim", type=int, default=128, help="embedding size D of the run")
+    g.add_argument("--out_dim", type=at_least(1, 1024), default=128, help="embedding size D of the run")
     g.add_argument("--f_func", default="ResnetIm2Vec", choices=F_FUNCS.names(), help="pair encoder f of the run")
     g.add_argument("--g_func", default="Concat", choices=G_FUNCS.names(), help="pair joiner g of the run")
     return p
@@ -98,15 +98,15 @@ def output_path(args, source: Path) -> Path:
     return out
 
 
-def check_inputs_kept(args, out: Path, meta: dict, source: Path, root: Path) -> None:
-    """--save_path is none of the files the ordering reads: an image, a bbox file, the checkpoint (whether it
-    may replace the input metadata is output_path's rule)."""
+def check_inputs_kept(checkpoint, out: Path, meta: dict, source: Path, root: Path) -> None:
+    """--save_path is none of the files the ordering reads: an image, a bbox file, the HyperCUT `checkpoint`
+    (whether it may replace the input metadata is output_path's rule)."""
     inputs = dataset_inputs(source, parse_entries(meta, root, source=str(source)), with_metadata=False)
-    check_outputs([("--save_path", out)], inputs.add_checkpoint("--pretrained_path", args.pretrained_path))
+    check_outputs([("--save_path", out)], inputs.add_checkpoint("--pretrained_path", checkpoint))
 
 
-def judge(args, device, meta: dict, source: Path, root: Path) -> torch.Tensor:
-    """Scores (N, 6) of every entry, in metadata order, on the frames as stored."""
+def judge(args, checkpoint, device, meta: dict, source: Path, root: Path) -> torch.Tensor:
+    """Scores (N, 6) of the HyperCUT of `checkpoint` for every entry, in metadata order, on the frames as stored."""
     entries = parse_entries(meta, root, source=str(source))  # every split, metadata order
     if not entries:
         raise MetadataError(f"{source}: no entries")
@@ -116,7 +116,7 @@ def judge(args, device, meta: dict, source: Path, root: Path) -> torch.Tensor:
     dataset = Blur2VidDataset(None, "all", entries=entries, frame_per_seq=meta.get("frame_per_seq", 7), augment=None)
     if len(dataset.target_frames) < 6:
         raise FlagError(f"HyperCUT needs sequences of at least 6 frames, this dataset has {len(dataset.target_frames)}")
-    model = load_hypercut(args.pretrained_path, map_location=device)
+    model = load_hypercut(checkpoint, map_location=device)
     check_image_sizes(None, None, dataset, eval_need={"HyperCUT's f": model.f_func.min_size})
     loader = make_eval_loader(dataset, args.batch_size, args.num_workers, device)
     return hypercut_scores(model, loader, device, desc="ordering")
@@ -131,20 +131,19 @@ def main_body(args) -> None:
     if args.oracle:
         if args.pretrained_path:
             raise FlagError("give either --pretrained_path (HyperCUT's order) or --oracle (the recorded motion)")
-        check_inputs_kept(args, out, meta, source, root)
+        check_inputs_kept(None, out, meta, source, root)
         orders = oracle_orders(meta)
         reverse = torch.tensor([orders[i] == "reverse" for i in range(len(meta["data"]))], dtype=torch.bool)
         consistent = torch.ones_like(reverse)
     else:
-        args.dataset_name = dataset_name(source, args.dataset_name)
+        run_name = hypercut_run_name(args.f_func, args.g_func, args.out_dim, dataset_name(source, args.dataset_name))
         try:
-            args.pretrained_path = str(resolve_pretrained(
-                args, hypercut_run_name(args.f_func, args.g_func, args.out_dim, args.dataset_name)))
+            checkpoint = str(resolve_pretrained(args, run_name))
         except RunFolderError as e:
             raise RunFolderError(f"{e}; or pass --oracle to order by the recorded motion") from None
-        check_inputs_kept(args, out, meta, source, root)
+        check_inputs_kept(checkpoint, out, meta, source, root)
         device = resolve_device(args.device)
-        scores = judge(args, device, meta, source, root)
+        scores = judge(args, checkpoint, device, meta, source, root)
         reverse = order_decisions(scores)
         u = scores[:, 0::2]
         consistent = ((u[:, 0] * u[:, 1] > 0) & (u[:, 0] * u[:, 2] > 0))

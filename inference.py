@@ -26,7 +26,7 @@ import torch
 
 from datasets.transforms import decode_image_file, read_image
 from models import BACKBONES, load_backbone
-from utils.cli import ArgumentParser, add_runtime_args, check_flags, run_main
+from utils.cli import ArgumentParser, above, add_runtime_args, at_least, check_flags, run_main
 from utils.device import out_of_memory_hint, resolve_device
 from utils.errors import FlagError
 from utils.evaluation import add_tile_arg, resolve_tile, tiled
@@ -50,12 +50,12 @@ def build_parser() -> ArgumentParser:
                    help="a train_blur2vid.py checkpoint, or a folder with Jin's four official files")
     p.add_argument("--blur_path", required=True, help="a blurry image, or a folder of them")
     p.add_argument("--output_path", default="output", help="folder for OUTPUT/<image stem>/frame_k.png")
-    p.add_argument("--target_frames", type=int, nargs="+", default=None,
+    p.add_argument("--target_frames", type=at_least(1), nargs="+", default=None,
                    help="accepted for the reference's command line: the model's frames are all written")
     p.add_argument("--gif", action="store_true",
                    help="also write OUTPUT/<image stem>/frames.gif (the frames, animated) and contact.png (blur | frames)")
     add_tile_arg(p)
-    p.add_argument("--width_mult", type=float, default=None,
+    p.add_argument("--width_mult", type=above(0, 4.0), default=None,
                    help="width of an official-weights folder's model (default: 1.0); checked against a checkpoint's")
     add_runtime_args(p, batch_size=None)
     return p

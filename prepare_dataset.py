@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from datasets.metadata import PARTITIONS, load_split, metadata_file, parse_entries, read_metadata
-from utils.cli import ArgumentParser, check_flags, run_main
+from utils.cli import SEED, ArgumentParser, above, at_least, check_flags, run_main
 from utils.errors import FlagError
 
 
@@ -86,19 +86,21 @@ def build_parser() -> ArgumentParser:
                      help="trajectory: a smooth path with a little rotation and zoom, and moving foreground "
                           "patches (--foreground_p); translation: one global translation per sequence, uniform "
                           "direction")
-    syn.add_argument("--radii", type=float, nargs=2, default=[1.5, 0.5], metavar=("MIN", "MAX"),
+    syn.add_argument("--radii", type=above(0, 1000.0), nargs=2, default=[1.5, 0.5], metavar=("MIN", "MAX"),
                      help="deadleaves: smallest disc radius in pixels and largest as a fraction of --size")
-    syn.add_argument("--size", type=int, default=128, help="image size (square)")
-    syn.add_argument("--num_train", type=int, default=360, help="training sequences")
-    syn.add_argument("--num_val", type=int, default=40, help="validation sequences")
-    syn.add_argument("--num_test", type=int, default=100, help="test sequences")
-    syn.add_argument("--subframes", type=int, default=7, help="sub-frames per frame slot (odd, >= 5)")
-    syn.add_argument("--travel", type=float, nargs=2, default=[8.0, 22.0], metavar=("MIN", "MAX"),
+    syn.add_argument("--size", type=at_least(32, 4096), default=128, help="image size (square)")
+    syn.add_argument("--num_train", type=at_least(0), default=360, help="training sequences")
+    syn.add_argument("--num_val", type=at_least(0), default=40, help="validation sequences")
+    syn.add_argument("--num_test", type=at_least(0), default=100, help="test sequences")
+    syn.add_argument("--subframes", type=at_least(5, 99), default=7, help="sub-frames per frame slot (odd, >= 5)")
+    syn.add_argument("--travel", type=at_least(0, 1000.0, kind=float), nargs=2, default=[8.0, 22.0],
+                     metavar=("MIN", "MAX"),
                      help="camera travel over the exposure, drawn uniformly per sequence, in pixels of the photo at "
                           "about one per output pixel (x0.85-1.15 per sequence)")
-    syn.add_argument("--foreground_p", type=float, default=0.4, help="share of sequences with a moving patch")
-    syn.add_argument("--seed", type=int, default=0, help="seed of the rendering")
-    syn.add_argument("--workers", type=int, default=1, help="rendering processes (the output is the same)")
+    syn.add_argument("--foreground_p", type=at_least(0, 1.0, kind=float), default=0.4,
+                     help="share of sequences with a moving patch")
+    syn.add_argument("--seed", type=SEED, default=0, help="seed of the rendering")
+    syn.add_argument("--workers", type=at_least(1, 256), default=1, help="rendering processes (the output is the same)")
     syn.add_argument("--overwrite", action="store_true", help="replace a dataset already at --out")
 
     fr = sub.add_parser(
@@ -108,17 +110,17 @@ def build_parser() -> ArgumentParser:
         epilog="example:\n  python prepare_dataset.py frames --src REDS_120fps/train --out data/reds --window 49")
     fr.add_argument("--src", required=True, help="folder holding one sub-folder of frames per video")
     fr.add_argument("--out", required=True, help="output dataset root")
-    fr.add_argument("--window", type=int, default=49, help="frames averaged into one blurry image")
-    fr.add_argument("--stride", type=int, default=None, help="frames between window starts (default: window)")
-    fr.add_argument("--num_frames", type=int, default=7, help="sharp frames per sequence")
+    fr.add_argument("--window", type=at_least(1), default=49, help="frames averaged into one blurry image")
+    fr.add_argument("--stride", type=at_least(1), default=None, help="frames between window starts (default: window)")
+    fr.add_argument("--num_frames", type=at_least(2), default=7, help="sharp frames per sequence")
     fr.add_argument("--no_linear", action="store_true", help="average in sRGB instead of linear light")
-    fr.add_argument("--val_fraction", type=float, default=0.1,
+    fr.add_argument("--val_fraction", type=at_least(0, 1.0, kind=float), default=0.1,
                     help="share of the videos for val, unless --val_videos names them")
-    fr.add_argument("--test_fraction", type=float, default=0.1,
+    fr.add_argument("--test_fraction", type=at_least(0, 1.0, kind=float), default=0.1,
                     help="share of the videos for test, unless --test_videos names them")
     fr.add_argument("--val_videos", nargs="*", default=[], help="video folder names for val")
     fr.add_argument("--test_videos", nargs="*", default=[], help="video folder names for test")
-    fr.add_argument("--seed", type=int, default=0, help="seed of the shuffle that splits the videos")
+    fr.add_argument("--seed", type=SEED, default=0, help="seed of the shuffle that splits the videos")
     fr.add_argument("--overwrite", action="store_true", help="replace a dataset already at --out")
 
     sm = sub.add_parser("summary", help="validate a dataset and print its summary",

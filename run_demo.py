@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from recipes import recipe
-from utils.cli import ArgumentParser, check_flags, run_main
+from utils.cli import ArgumentParser, at_least, check_flags, run_main
 from utils.errors import FlagError, UserError
 
 REPO = Path(__file__).resolve().parent
@@ -114,8 +114,8 @@ def build_parser() -> ArgumentParser:
                    help="the fresh test set: the same world, another seed (default: the config's)")
     p.add_argument("--out", default=None, help="output folder (default: runs/demo; quick: runs/demo_quick)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--num_workers", type=int, default=1, help="data loader workers of every stage")
-    p.add_argument("--jobs", type=int, default=None,
+    p.add_argument("--num_workers", type=at_least(0, 256), default=1, help="data loader workers of every stage")
+    p.add_argument("--jobs", type=at_least(1, 256), default=None,
                    help="deblurring runs trained at once, each on its share of the cores (default: one per CPU core "
                         "on a CPU, 1 on a GPU)")
     return p

@@ -50,7 +50,7 @@ from losses import LOSSES
 from models import BACKBONES, backbone_checkpoint_fields, load_backbone
 from models.hypercut import hit_con, load_hypercut
 from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_eval_args, add_runtime_args,
-                       check_flags, run_main)
+                       above, check_flags, run_main)
 from utils.device import resolve_device
 from utils.errors import FlagError
 from utils.evaluation import add_tile_arg, evaluate, make_eval_loader, predict_frames, resolve_tile, tiled
@@ -85,7 +85,7 @@ def build_parser() -> ArgumentParser:
                    help="expected backbone (default: the checkpoint's; Jin for a folder and for the run name)")
     p.add_argument("--loss_type", default=None, choices=LOSSES.names(),
                    help="loss of the run to evaluate (default: hypercut with --hypercut_path, else order_inv)")
-    p.add_argument("--width_mult", type=float, default=None,
+    p.add_argument("--width_mult", type=above(0, 4.0), default=None,
                    help="width of an official-weights folder's model (default: 1.0); checked against a checkpoint's")
     p.add_argument("--p_mode", default="pair", choices=("pair", "sequence"),
                    help="pPSNR/pSSIM: the paper's per-pair formula or the reference's whole-sequence one")
@@ -115,14 +115,14 @@ def make_lpips(args, device):
         return None, "skipped (AlexNet weights missing)"
 
 
-def check_outputs_first(args, dataset, num_frames: int) -> None:
+def check_outputs_first(args, checkpoint, dataset, num_frames: int) -> None:
     """--output_json, the CSV beside it and every file --save_images will write, against the files this
     evaluation reads and against one another, before any work."""
     if args.output_json and Path(args.output_json).suffix.lower() == ".csv":
         raise FlagError(f"--output_json {args.output_json}: the per-frame CSV is written beside the JSON under its "
                         "name with .csv, which is this same file: give the JSON a .json name")
     inputs = dataset_inputs(args.metadata_root, data_root=args.data_root)  # every split's files
-    inputs.add_checkpoint("--pretrained_path", args.pretrained_path)
+    inputs.add_checkpoint("--pretrained_path", checkpoint)
     inputs.add_checkpoint("--hypercut_path", args.hypercut_path)
     outputs = []
     if args.output_json:
@@ -139,16 +139,15 @@ def run_test(args) -> dict:
     """Evaluate and return the result dict (what --output_json holds)."""
     check_flags(args)
     device = resolve_device(args.device)
-    args.dataset_name = dataset_name(args.metadata_root, args.dataset_name)
-    args.loss_type = args.loss_type or ("hypercut" if args.hypercut_path else "order_inv")
-    args.pretrained_path = str(resolve_pretrained(
-        args, blur2vid_run_name(args.backbone or "Jin", args.loss_type, args.dataset_name)))
-    tile = resolve_tile(args.tile, args.pretrained_path)
+    data_name = dataset_name(args.metadata_root, args.dataset_name)
+    loss_type = args.loss_type or ("hypercut" if args.hypercut_path else "order_inv")
+    path = str(resolve_pretrained(args, blur2vid_run_name(args.backbone or "Jin", loss_type, data_name)))
+    tile = resolve_tile(args.tile, path)
     # LPIPS first: a required but missing weights file stops the run before any work is done
     lpips, lpips_status = make_lpips(args, device)
-    model = load_backbone(args.pretrained_path, map_location=device, name=args.backbone, width_mult=args.width_mult)
+    model = load_backbone(path, map_location=device, name=args.backbone, width_mult=args.width_mult)
     if getattr(model, "training_stage", None) == 1:
-        raise FlagError(f"{args.pretrained_path} is a stage-1 checkpoint (the video autoencoder, which never saw a "
+        raise FlagError(f"{path} is a stage-1 checkpoint (the video autoencoder, which never saw a "
                         "blurry image): evaluate the stage-2 model trained from it")
     dataset = Blur2VidDataset(args.metadata_root, args.split, target_frames=args.target_frames,
                               data_root=args.data_root, augment=None, seed=args.seed, limit=args.test_limit,
@@ -161,7 +160,7 @@ def run_test(args) -> dict:
     if hypercut is not None:
         need["HyperCUT's f"] = hypercut.f_func.min_size
     check_image_sizes(None, None, dataset, eval_need=need)  # every image, before any work
-    check_outputs_first(args, dataset, model.num_frames)
+    check_outputs_first(args, path, dataset, model.num_frames)
 
     folders = OutputFolders(args.save_images) if args.save_images else None
     signs: dict = {}  # utils.order_eval.sequence_signs of every batch, with the HyperCUT
@@ -185,8 +184,8 @@ def run_test(args) -> dict:
         result[name] = metrics.per_frame(name)
         result[f"{name}_mean"] = metrics.mean(name)
     result.update(p_mode=args.p_mode, num_sequences=metrics.num_sequences, psnr_cap_db=metrics.psnr_cap_db,
-                  lpips=lpips_status, tile=tile, middle_frame=MIDDLE_FRAME[args.middle_frame], split=args.split, dataset_name=args.dataset_name,
-                  metadata_root=str(args.metadata_root), pretrained_path=str(args.pretrained_path),
+                  lpips=lpips_status, tile=tile, middle_frame=MIDDLE_FRAME[args.middle_frame], split=args.split,
+                  dataset_name=data_name, metadata_root=str(args.metadata_root), pretrained_path=path,
                   **backbone_checkpoint_fields(model))
     if scores is not None:
         ordering = hit_con(scores)

@@ -29,7 +29,7 @@ from datasets.blur2vid import Blur2VidDataset, check_image_sizes, file_check
 from datasets.metadata import PARTITIONS, dataset_inputs, dataset_name
 from models.hypercut import F_FUNCS, G_FUNCS, hit_con, load_hypercut
 from utils.cli import (ArgumentParser, add_checkpoint_args, add_data_args, add_eval_args, add_runtime_args,
-                       check_flags, run_main)
+                       at_least, check_flags, run_main)
 from utils.device import resolve_device
 from utils.errors import FlagError
 from utils.evaluation import hypercut_scores, make_eval_loader
@@ -52,30 +52,30 @@ def build_parser() -> ArgumentParser:
     add_checkpoint_args(p, "our HyperCUT checkpoint or the reference's state dict")
     add_eval_args(p, PARTITIONS)
     g = p.add_argument_group("HyperCUT (for the default run name)")
-    g.add_argument("--out_dim", type=int, default=128, help="embedding size D of the run")
+    g.add_argument("--out_dim", type=at_least(1, 1024), default=128, help="embedding size D of the run")
     g.add_argument("--f_func", default="ResnetIm2Vec", choices=F_FUNCS.names(), help="pair encoder f of the run")
     g.add_argument("--g_func", default="Concat", choices=G_FUNCS.names(), help="pair joiner g of the run")
     return p
 
 
 def evaluate(args) -> dict:
+    """hit/con of the HyperCUT of --pretrained_path (default: the latest model of the run --exp_name names) on
+    --split, with what they are of ("dataset_name", "pretrained_path")."""
     check_flags(args)
     device = resolve_device(args.device)
-    args.dataset_name = dataset_name(args.metadata_root, args.dataset_name)
-    args.pretrained_path = str(resolve_pretrained(
-        args, hypercut_run_name(args.f_func, args.g_func, args.out_dim, args.dataset_name)))
-    model = load_hypercut(args.pretrained_path, map_location=device)
+    data_name = dataset_name(args.metadata_root, args.dataset_name)
+    path = str(resolve_pretrained(args, hypercut_run_name(args.f_func, args.g_func, args.out_dim, data_name)))
+    model = load_hypercut(path, map_location=device)
     dataset = Blur2VidDataset(args.metadata_root, args.split, data_root=args.data_root, augment=None, seed=args.seed,
                               limit=args.test_limit, check_files=file_check(args))
     if len(dataset.target_frames) < 6:
         raise FlagError(f"HyperCUT needs sequences of at least 6 frames, this dataset has {len(dataset.target_frames)}")
     check_image_sizes(None, None, dataset, eval_need={"HyperCUT's f": model.f_func.min_size})
     check_outputs([("--output_json", args.output_json)],
-                  dataset_inputs(args.metadata_root, data_root=args.data_root).add_checkpoint("--pretrained_path",
-                                                                                           args.pretrained_path))
+                  dataset_inputs(args.metadata_root, data_root=args.data_root).add_checkpoint("--pretrained_path", path))
     loader = make_eval_loader(dataset, args.batch_size, args.num_workers, device)
     scores = hypercut_scores(model, loader, device, desc=f"{args.split}")
-    return hit_con(scores)
+    return {**hit_con(scores), "dataset_name": data_name, "pretrained_path": path}
 
 
 def main_body(args) -> None:
@@ -83,8 +83,8 @@ def main_body(args) -> None:
     print(markdown_table(FIGURES, [[figures[k] for k in FIGURES]]))
     if args.output_json:
         result = {k: figures[k] for k in FIGURES}
-        result.update(split=args.split, dataset_name=args.dataset_name, metadata_root=str(args.metadata_root),
-                      pretrained_path=str(args.pretrained_path))
+        result.update(split=args.split, dataset_name=figures["dataset_name"], metadata_root=str(args.metadata_root),
+                      pretrained_path=figures["pretrained_path"])
         path = write_json(args.output_json, result)
         print(f"wrote {path}")
 

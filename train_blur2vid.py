@@ -50,14 +50,15 @@ from losses import LOSSES, build_loss
 from models import BACKBONES, backbone_checkpoint_fields, build_backbone, float_output, load_backbone
 from models.hypercut import hit_con, load_hypercut
 from utils.checkpoint import CheckpointError, state_dict_mismatch
-from utils.cli import ArgumentParser, add_data_args, add_runtime_args, add_train_args, check_flags, run_main
+from utils.cli import (ArgumentParser, above, add_data_args, add_runtime_args, add_train_args, at_least, check_flags,
+                       run_main)
 from utils.distributed import cleanup_process, setup_process
 from utils.errors import FlagError
 from utils.evaluation import evaluate, make_eval_loader
 from utils.images import make_strip, save_png
 from utils.metrics.sequence import SequenceMetrics, min_image_size
 from utils.run import Run, blur2vid_run_name
-from utils.training import add_speed_args, denormals_flushed, fit, seed_everything
+from utils.training import TrainConfig, add_speed_args, denormals_flushed, fit, seed_everything
 
 
 def build_parser() -> ArgumentParser:
@@ -76,13 +77,13 @@ def build_parser() -> ArgumentParser:
     add_speed_args(parser)
     g = parser.add_argument_group("deblurring")
     g.add_argument("--backbone", default="Jin", choices=BACKBONES.names(), help="deblurring network")
-    g.add_argument("--width_mult", type=float, default=1.0,
+    g.add_argument("--width_mult", type=above(0, 4.0), default=1.0,
                    help="scale the backbone's internal widths (1.0: the official architecture)")
     g.add_argument("--loss_type", default="naive", choices=LOSSES.names(), help="training loss")
     g.add_argument("--hypercut_path", default=None,
                    help="a HyperCUT checkpoint (ours or the authors' state dict): needed by --loss_type "
                         "hypercut; with another loss, adds hit/con of the predictions at validation")
-    g.add_argument("--alpha", type=float, default=0.2, help="weight of the HyperCUT regulariser R")
+    g.add_argument("--alpha", type=at_least(0, kind=float), default=0.2, help="weight of the HyperCUT regulariser R")
     g.add_argument("--noise_targets", action="store_true",
                    help="add the augmentation's noise to the sharp targets too, as the reference does (default: "
                         "the blurry input only; copying the input is then not rewarded)")
@@ -99,13 +100,14 @@ def build_parser() -> ArgumentParser:
                    help="1: the video autoencoder (RVE + RVD) on sharp sequences; 2: the blurred-image encoder")
     g.add_argument("--stage1_path", default=None, help="stage 2: the stage-1 checkpoint to start from")
     g.add_argument("--train_decoder", action="store_true", help="stage 2: fine-tune the RVD too (default: off, frozen)")
-    g.add_argument("--embed_weight", type=float, default=0.0,
+    g.add_argument("--embed_weight", type=at_least(0, kind=float), default=0.0,
                    help="stage 2: weight of the distance between the BIE's and the RVE's embeddings")
-    g.add_argument("--center_weight", type=float, default=1.0,
+    g.add_argument("--center_weight", type=at_least(0, kind=float), default=1.0,
                    help="stage 2: weight of the Charbonnier term of a jointly trained centre network")
-    g.add_argument("--center_width_mult", type=float, default=None,
+    g.add_argument("--center_width_mult", type=above(0, 4.0), default=None,
                    help="width of the centre network (default: --width_mult; 1.0 for Jin's official weights)")
-    g.add_argument("--mu", type=float, default=0.02, help="weight of the flow regulariser (total variation)")
+    g.add_argument("--mu", type=at_least(0, kind=float), default=0.02,
+                   help="weight of the flow regulariser (total variation)")
     return parser
 
 
@@ -158,8 +160,9 @@ def build_datasets(args, num_frames: int):
 
 
 def load_frozen_hypercut(args, device, train_set, val_set):
-    """The HyperCUT of --hypercut_path, frozen, after checking that every image is large enough for it
-    and for the val metrics (and --crop_size for the smallest training image)."""
+    """The HyperCUT of --hypercut_path (None without), frozen, after checking that every image is large enough
+    for it and for the val metrics (and --crop_size for the smallest training image); and the crop size the
+    network really trains on, which every checkpoint records (for test_blur2vid.py --tile crop)."""
     hypercut = None
     crop_need, val_need = {}, min_image_size()
     if args.hypercut_path:
@@ -167,10 +170,7 @@ def load_frozen_hypercut(args, device, train_set, val_set):
         val_need["HyperCUT's f"] = hypercut.f_func.min_size
         if args.loss_type == "hypercut":
             crop_need["HyperCUT's f"] = hypercut.f_func.min_size
-    # recorded in every checkpoint: the size the network really trained on, for test_blur2vid.py --tile crop
-    args.trained_crop = check_image_sizes(train_set, args.crop_size, val_set, crop_need=crop_need,
-                                          eval_need=val_need)
-    return hypercut
+    return hypercut, check_image_sizes(train_set, args.crop_size, val_set, crop_need=crop_need, eval_need=val_need)
 
 
 def load_weights(model, path, args, flag: str) -> None:
@@ -225,22 +225,22 @@ def train(args) -> dict:
 
 def _train(args, device, dist_info) -> dict:
     seed_everything(args.seed)
-    args.dataset_name = dataset_name(args.metadata_root, args.dataset_name)
+    data_name = dataset_name(args.metadata_root, args.dataset_name)
     stage1 = args.backbone == "Purohit" and args.stage == 1
-    args.exp_name = args.exp_name or blur2vid_run_name(args.backbone, "stage1" if stage1 else args.loss_type,
-                                                       args.dataset_name)
     model = build_model(args, device)
     train_set, val_set = build_datasets(args, model.num_frames)
     if dist_info.world_size > len(val_set):
         raise FlagError(f"the val split has {len(val_set)} sequences, fewer than the {dist_info.world_size} processes")
-    hypercut = load_frozen_hypercut(args, device, train_set, val_set)
+    hypercut, trained_crop = load_frozen_hypercut(args, device, train_set, val_set)
     multiscale = getattr(model, "num_scales", 1) > 1
     options = dict(mu=args.mu, embed_weight=args.embed_weight, center_weight=args.center_weight,
                    embed_target=model.encode_video if args.embed_weight > 0 else None) if multiscale else {}
     loss_fn = build_loss(args.loss_type, hypercut=hypercut, alpha=args.alpha, multiscale=multiscale,
                          **options).to(device)
     # after every check of the flags and the data
-    run = Run(args, dist_info, inputs=dataset_inputs(args.metadata_root, data_root=args.data_root))
+    exp_name = args.exp_name or blur2vid_run_name(args.backbone, "stage1" if stage1 else args.loss_type, data_name)
+    config = TrainConfig.from_args(args, dataset_name=data_name, exp_name=exp_name, trained_crop=trained_crop)
+    run = Run(config.flags, dist_info, inputs=dataset_inputs(args.metadata_root, data_root=args.data_root))
     val_loader = make_eval_loader(val_set, args.batch_size, args.num_workers, device, dist_info)
     last = {}
 
@@ -291,7 +291,7 @@ def _train(args, device, dist_info) -> dict:
     if args.backbone == "Purohit":
         fields["stage"] = args.stage
     try:  # the run folder's lock is let go however the run ends
-        return fit(args, model=model, train_set=train_set, val_set=val_set, step_fn=step_fn, validate_fn=validate_fn,
+        return fit(config, model=model, train_set=train_set, val_set=val_set, step_fn=step_fn, validate_fn=validate_fn,
                    fields=fields, run=run, device=device, dist_info=dist_info, on_display=on_display,
                    log_model=f"backbone {fields['backbone']}, input convention {model.input_convention}, "
                              f"{sum(p.numel() for p in model.parameters()):,} parameters "

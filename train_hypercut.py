@@ -51,12 +51,13 @@ from models.convention import REFERENCE_BGR_IMAGENET
 from models.hypercut import (F_FUNCS, G_FUNCS, REFERENCE_SLOPE, HyperCUT, OrderingObjective, hit_con,
                              hypercut_loss, load_hypercut, sequence_pairs)
 from utils.checkpoint import CheckpointError, state_dict_mismatch
-from utils.cli import ArgumentParser, add_data_args, add_runtime_args, add_train_args, check_flags, run_main
+from utils.cli import (ArgumentParser, Range, add_data_args, add_runtime_args, add_train_args, at_least, check_flags,
+                       run_main)
 from utils.distributed import cleanup_process, setup_process
 from utils.errors import FlagError
 from utils.evaluation import hypercut_scores, make_eval_loader
 from utils.run import Run, hypercut_run_name
-from utils.training import add_speed_args, denormals_flushed, fit, seed_everything
+from utils.training import TrainConfig, add_speed_args, denormals_flushed, fit, seed_everything
 
 
 def build_parser() -> ArgumentParser:
@@ -73,18 +74,19 @@ def build_parser() -> ArgumentParser:
     add_train_args(parser, epochs=100, lr=5e-4, crop_size=256, val_epoch=5, display_step=100, images=False)
     add_speed_args(parser)
     g = parser.add_argument_group("HyperCUT")
-    g.add_argument("--out_dim", type=int, default=128, help="embedding size D (the hyperplane has D+1 values)")
+    g.add_argument("--out_dim", type=at_least(1, 1024), default=128,
+                   help="embedding size D (the hyperplane has D+1 values)")
     g.add_argument("--f_func", default="ResnetIm2Vec", choices=F_FUNCS.names(), help="pair encoder f")
     g.add_argument("--g_func", default="Concat", choices=G_FUNCS.names(), help="pair joiner g")
-    g.add_argument("--slope", type=float, default=REFERENCE_SLOPE,
+    g.add_argument("--slope", type=Range(float), default=REFERENCE_SLOPE,
                    help="negative slope of f's LeakyReLUs; 1.0 (identity) is the released model's")
     x = parser.add_argument_group("our extensions (lab/ordering.md; off by default)")
-    x.add_argument("--subcrop_size", type=int, default=None,
+    x.add_argument("--subcrop_size", type=at_least(1), default=None,
                    help="train on --subcrops random crops of this size taken from each training crop")
-    x.add_argument("--subcrops", type=int, default=2, help="sub-crops per sequence (with --subcrop_size)")
-    x.add_argument("--crop_consistency", type=float, default=0.0,
+    x.add_argument("--subcrops", type=at_least(1), default=2, help="sub-crops per sequence (with --subcrop_size)")
+    x.add_argument("--crop_consistency", type=at_least(0, kind=float), default=0.0,
                    help="weight of the term asking a sequence's sub-crops to land on one side (0: the paper)")
-    x.add_argument("--lowpass", type=float, default=0.0, metavar="SIGMA",
+    x.add_argument("--lowpass", type=at_least(0, 64.0, kind=float), default=0.0, metavar="SIGMA",
                    help="Gaussian low-pass (sigma in pixels) of both frames before f, kept in the checkpoint and "
                         "applied wherever the model judges (0: the paper)")
     return parser
@@ -148,15 +150,16 @@ def train(args) -> dict:
 
 def _train(args, device, dist_info) -> dict:
     seed_everything(args.seed)
-    args.dataset_name = dataset_name(args.metadata_root, args.dataset_name)
-    args.exp_name = args.exp_name or hypercut_run_name(args.f_func, args.g_func, args.out_dim, args.dataset_name)
+    data_name = dataset_name(args.metadata_root, args.dataset_name)
     train_set, val_set = build_datasets(args)  # data and flag errors surface before the run folder exists
     model = build_model(args).to(device)
     need = {"HyperCUT's f": model.f_func.min_size}
     check_image_sizes(train_set, args.crop_size, val_set, crop_need=need, eval_need=need)
     if args.pretrained_path and not (args.resume or args.load_epoch is not None):
         load_pretrained(model, args.pretrained_path)
-    run = Run(args, dist_info, inputs=dataset_inputs(args.metadata_root, data_root=args.data_root))
+    exp_name = args.exp_name or hypercut_run_name(args.f_func, args.g_func, args.out_dim, data_name)
+    config = TrainConfig.from_args(args, dataset_name=data_name, exp_name=exp_name)
+    run = Run(config.flags, dist_info, inputs=dataset_inputs(args.metadata_root, data_root=args.data_root))
     val_loader = make_eval_loader(val_set, args.batch_size, args.num_workers, device, dist_info)
     last = {}
 
@@ -184,7 +187,7 @@ def _train(args, device, dist_info) -> dict:
 
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     try:  # the run folder's lock is let go however the run ends
-        return fit(args, model=model, train_set=train_set, val_set=val_set, step_fn=step_fn, validate_fn=validate_fn,
+        return fit(config, model=model, train_set=train_set, val_set=val_set, step_fn=step_fn, validate_fn=validate_fn,
                    fields=model.checkpoint_fields(), run=run, device=device, dist_info=dist_info, on_display=on_display,
                    log_model=f"HyperCUT {model.config}, input convention {model.input_convention}, "
                              f"{trained:,} trained parameters")

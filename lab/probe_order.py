@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import utils.threads  # noqa: F401  (first: OpenMP's wait policy, before torch loads)
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from utils.device import resolve_device
 from lab.probe import ProbeConfig, collect_crops, crop_agreement, half_plane_fit, run_probe
 from utils.outputs import check_outputs
 from utils.report import markdown_table, write_json
-from utils.cli import ArgumentParser, check_flags, run_main
+from utils.cli import SEED, ArgumentParser, above, at_least, check_flags, run_main
 from utils.errors import FlagError, UserError
 
 SOURCES = ("stored", "oracle", "hypercut")
@@ -52,38 +51,24 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--sources", nargs="+", default=None, choices=SOURCES,
                    help="order sources to probe (default: stored oracle, plus hypercut with --hypercut_path)")
     p.add_argument("--hypercut_path", nargs="+", default=[], help="HyperCUT checkpoints, one column each")
-    p.add_argument("--crop_size", type=int, default=64, help="crop side in pixels; 0: full images")
-    p.add_argument("--train_crops", type=int, default=8, help="random crops per training sequence")
-    p.add_argument("--test_crops", type=int, default=4, help="random crops per held-out sequence")
-    p.add_argument("--min_motion", type=float, default=1.0, help="drop crops whose measured |m| is smaller (pixels)")
-    p.add_argument("--steps", type=int, nargs="+", default=[100, 200, 400], help="report after these steps")
-    p.add_argument("--batch_size", type=int, default=32, help="crops per probe step")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the probe")
+    p.add_argument("--crop_size", type=at_least(0), default=64, help="crop side in pixels; 0: full images")
+    p.add_argument("--train_crops", type=at_least(1), default=8, help="random crops per training sequence")
+    p.add_argument("--test_crops", type=at_least(1), default=4, help="random crops per held-out sequence")
+    p.add_argument("--min_motion", type=at_least(0, kind=float), default=1.0, help="drop crops whose measured |m| is smaller (pixels)")
+    p.add_argument("--steps", type=at_least(1), nargs="+", default=[100, 200, 400], help="report after these steps")
+    p.add_argument("--batch_size", type=at_least(1, 2 ** 31 - 1), default=32, help="crops per probe step")
+    p.add_argument("--lr", type=above(0), default=1e-3, help="Adam learning rate of the probe")
     p.add_argument("--train_split", default="train", help="split the probe trains on")
     p.add_argument("--eval_split", default="test", help="held-out split")
-    p.add_argument("--seed", type=int, default=0, help="seed of the crops and the probe's weights")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the crops and the probe's weights")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--output_json", default=None, help="write every figure here (default: print only)")
     return p
 
 
-def check_flags_of(args) -> None:
-    """utils.cli.check_flags, except for --crop_size, whose 0 means full images here."""
-    check_flags(argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "crop_size"}))
-
-
 def check_args(args) -> None:
-    check_flags_of(args)
+    check_flags(args)
     problems = []
-    if args.crop_size < 0:
-        problems.append(f"--crop_size must be >= 0 (got {args.crop_size})")
-    for name in ("train_crops", "test_crops", "batch_size"):
-        if getattr(args, name) < 1:
-            problems.append(f"--{name} must be >= 1 (got {getattr(args, name)})")
-    if min(args.steps) < 1:
-        problems.append("--steps must be >= 1")
-    if args.lr <= 0:
-        problems.append(f"--lr must be > 0 (got {args.lr})")
     if args.sources is None:
         args.sources = ["stored", "oracle"] + (["hypercut"] if args.hypercut_path else [])
     if "hypercut" in args.sources and not args.hypercut_path:

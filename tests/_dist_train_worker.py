@@ -21,9 +21,9 @@ def main():
     captured = {}
     fit = module.fit
 
-    def capturing_fit(args, **kwargs):
+    def capturing_fit(config, **kwargs):
         captured["model"] = kwargs["model"]
-        return fit(args, **kwargs)
+        return fit(config, **kwargs)
 
     module.fit = capturing_fit  # the model object train() hands to fit, to read its final weights
     args = module.build_parser().parse_args(flags)

@@ -245,7 +245,7 @@ def test_file_size_limit_in_a_training_is_one_line(data, tmp_path):
 
 
 RUN_WRITER = """
-import argparse, sys
+import sys
 from utils.cli import ArgumentParser, run_main
 from utils.run import Run
 
@@ -256,7 +256,7 @@ def build_parser():
     return p
 
 def body(args):
-    run = Run(argparse.Namespace(checkpoints_dir=args.folder, exp_name="r", resume=False, load_epoch=None))
+    run = Run({"checkpoints_dir": args.folder, "exp_name": "r", "resume": False, "load_epoch": None})
     for step in range(100000):
         if args.what == "log":
             run.log("x" * 200)
@@ -626,18 +626,17 @@ def test_the_same_paths_spelled_otherwise_are_no_change(data, run1, tmp_path, mo
 
 def test_a_frozen_centre_network_is_part_of_the_model_and_starting_weights_are_the_runs(tmp_path):
     """--center_path decides which part trains (fixed); --pretrained_path left out of a resume takes the run's."""
-    import argparse
     from utils.errors import FlagError
     from utils.run import check_resume_args
     centre = tmp_path / "centre.pth"
     centre.write_bytes(b"x")
     saved = {"center_path": str(centre), "pretrained_path": "start.pth", "lr": 1e-4}
-    args = argparse.Namespace(center_path=None, pretrained_path=None, lr=1e-4, allow_changes=["center_path"])
+    flags = {"center_path": None, "pretrained_path": None, "lr": 1e-4, "allow_changes": ["center_path"]}
     with pytest.raises(FlagError, match="--center_path None differs from the run's"):
-        check_resume_args(saved, args, 3, "args.json")
-    args.center_path = os.path.relpath(centre)  # the same file, named otherwise
-    args.allow_changes = None
-    assert check_resume_args(saved, args, 3, "args.json") == {} and args.pretrained_path == "start.pth"
+        check_resume_args(saved, flags, 3, "args.json")
+    flags.update(center_path=os.path.relpath(centre), allow_changes=None)  # the same file, named otherwise
+    changes, resumed = check_resume_args(saved, flags, 3, "args.json")
+    assert changes == {} and resumed["pretrained_path"] == "start.pth" and flags["pretrained_path"] is None
 
 
 # --- 6. tracebacks that became one line --------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """utils.training.fit through the HyperCUT train script: mixed precision, the GradScaler's saved state,
 non-finite losses, logging intervals."""
+import copy
 import json
 
 import pytest
@@ -7,7 +8,8 @@ import torch
 from _cli import one_line_error
 
 import train_hypercut
-from utils.training import Amp, amp_dtype
+from utils.distributed import DistInfo
+from utils.training import Amp, NonFiniteLoss, NonFinitePolicy, amp_dtype
 from _tiny import synthetic_dataset
 
 
@@ -84,6 +86,42 @@ def test_non_finite_loss_stops_the_run(data, tmp_path, monkeypatch, capsys):
     log = (tmp_path / "skip" / "log.txt").read_text()
     assert "batch skipped (1 of --skip_nonfinite 1)" in log and "1 batches skipped" in log
 
+
+def test_one_non_finite_policy_decides_per_step_or_at_the_epoch_end():
+    """NonFinitePolicy: on the CPU (or with --skip_nonfinite) each step before its optimiser step, skipping while
+    allowed; on a GPU without it, the epoch's rows at its end, naming the first bad step; one message."""
+    logged, names = [], ["total", "diff"]
+    nan = torch.tensor([1.0, float("nan")])
+    every = NonFinitePolicy(1, True, DistInfo(), logged.append)
+    assert not every.skip(torch.tensor([1.0, 2.0]), names, 1, 1)
+    assert every.skip(nan, names, 2, 1)
+    assert logged == ["step 2: loss term(s) diff not finite; batch skipped (1 of --skip_nonfinite 1)"]
+    with pytest.raises(NonFiniteLoss, match=r"^the loss term\(s\) diff became non-finite at step 3 \(epoch 1\); "
+                                            r"the run stopped .* --skip_nonfinite N to skip such batches$"):
+        every.skip(nan, names, 3, 1)
+    every.check_epoch(nan[None].double(), names, 3, 1)  # already looked at step by step
+    at_end = NonFinitePolicy(0, False, DistInfo(), logged.append)
+    assert not at_end.skip(nan, names, 1, 1)  # no host sync per step
+    rows = torch.tensor([[1.0, 2.0], [float("inf"), float("nan")], [1.0, float("nan")]], dtype=torch.float64)
+    with pytest.raises(NonFiniteLoss, match=r"term\(s\) total, diff became non-finite at step 6 \(epoch 2\)"):
+        at_end.check_epoch(rows, names, 5, 2)
+    assert len(logged) == 1
+
+
+def test_the_flags_are_read_never_written(data, tmp_path):
+    """The train script builds its TrainConfig once and changes nothing in the parsed flags; the derived values
+    (the default run name, the dataset's name) and the run's records go to args.json and the checkpoints."""
+    flags = argv(data, tmp_path, "unused", "--epochs", "1")
+    del flags[flags.index("--exp_name"):flags.index("--exp_name") + 2]
+    args = train_hypercut.build_parser().parse_args(flags)
+    before = copy.deepcopy(vars(args))
+    train_hypercut.train(args)
+    assert vars(args) == before
+    run = next(tmp_path.glob("HyperCUT_*"))
+    saved = json.loads((run / "args.json").read_text())
+    assert list(saved) == list(before) + ["resolved_paths"]
+    assert saved["exp_name"] == run.name and saved["dataset_name"] and before["dataset_name"] is None
+    assert torch.load(run / "models" / "0001.pth", weights_only=True)["args"] == saved
 
 def test_bad_numbers_are_refused_before_any_work(data, tmp_path, capsys):
     for flag, value in (("--lr", "inf"), ("--gamma", "nan"), ("--slope", "nan"), ("--weight_decay", "-1")):

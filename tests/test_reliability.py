@@ -34,8 +34,7 @@ from models import backbone_checkpoint_fields, build_backbone
 from models.hypercut import HyperCUT
 from utils.checkpoint import (CheckpointError, atomic_write_text, load_checkpoint, remove_orphan_temps,
                               save_checkpoint)
-from utils.cli import _RANGES, check_flags
-from utils.errors import FlagError
+from utils.cli import ArgumentParser, above, at_least
 from utils.images import OutputClash, OutputFolders, entry_folder, save_png
 from utils.report import write_json
 from utils.run import Run, restore_training_state
@@ -101,15 +100,16 @@ def _numeric_flags(parser, prefix=""):
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 yield from _numeric_flags(sub, f"{prefix}{name} ")
-        elif action.type in (int, float) and action.dest != "target_frames":
+        elif action.type in (int, float) and action.choices is None:
             yield prefix, action.dest
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_numeric_flag_has_a_range(script):
-    """A numeric flag added to any script without a range in utils.cli._RANGES fails here."""
+    """A numeric flag added to any script without its range (a utils.cli.Range as its type, or choices) fails
+    here."""
     parser = importlib.import_module(script).build_parser()
-    missing = [f"{where}--{dest}" for where, dest in _numeric_flags(parser) if dest not in _RANGES]
+    missing = [f"{where}--{dest}" for where, dest in _numeric_flags(parser)]
     assert not missing, f"{script}: no range for {missing}"
 
 
@@ -121,14 +121,36 @@ def test_every_numeric_flag_has_a_range(script):
     ("train_blur2vid", "--weight_decay", "1e308"), ("train_hypercut", "--slope", "-1e31"), ("train_hypercut", "--gamma", "1.5"),
     ("test_blur2vid", "--seed", "-5"), ("test_blur2vid", "--width_mult", "nan"), ("inference", "--target_frames", "-1"),
 ])
-def test_out_of_range_flags_are_refused(script, flag, value, tmp_path):
-    """The flags added to the table (seed, skip_nonfinite, the upper bounds, target_frames >= 1)."""
+def test_out_of_range_flags_are_refused(script, flag, value, tmp_path, capsys):
+    """Ranges beyond the obvious (seed, skip_nonfinite, the upper bounds, target_frames >= 1): refused as the
+    command line is parsed, in one line naming the flag."""
     argv = {"train_hypercut": hc_argv(tmp_path, tmp_path, "x"), "train_blur2vid": b2v_argv(tmp_path, tmp_path, "x"),
             "test_blur2vid": eval_argv(tmp_path, tmp_path / "m.pth"),
             "inference": ["--pretrained_path", "m.pth", "--blur_path", "x.png"]}[script]
-    args = importlib.import_module(script).build_parser().parse_args(argv + [f"{flag}={value}"])
-    with pytest.raises(FlagError, match=flag):
-        check_flags(args)
+    parser = importlib.import_module(script).build_parser()
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(argv + [f"{flag}={value}"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith(f"error: {flag} must be ") and err.count("\n") == 1, err
+
+
+def test_a_range_checks_every_value_and_names_the_flag(capsys):
+    """utils.cli.Range: every value of an nargs flag, the first name of a flag with two, argparse's own message
+    for a value that is no number."""
+    parser = ArgumentParser(prog="x")
+    parser.add_argument("--steps", type=at_least(1), nargs="+")
+    parser.add_argument("--epochs", "--num_epochs", type=at_least(1))
+    parser.add_argument("--share", type=above(0, 1.0))
+    assert parser.parse_args(["--steps", "1", "2", "--share", "1"]).steps == [1, 2]
+    for argv, line in ((["--steps", "1", "0"], "error: --steps must be >= 1 (got 0) (see x --help)"),
+                       (["--num_epochs", "0"], "error: --epochs must be >= 1 (got 0) (see x --help)"),
+                       (["--share", "0"], "error: --share must be > 0 (got 0.0) (see x --help)"),
+                       (["--share", "1.5"], "error: --share must be <= 1.0 (got 1.5) (see x --help)"),
+                       (["--share=-inf"], "error: --share must be a finite number (got -inf) (see x --help)"),
+                       (["--steps", "two"], "error: argument --steps: invalid int value: 'two' (see x --help)")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert capsys.readouterr().err == line + "\n"
 
 
 @pytest.mark.parametrize("argv, flag", [
@@ -537,8 +559,8 @@ def test_orphan_temporary_files_are_removed_and_nothing_else(tmp_path):
     (states / ".dir.0a1b2c3d.tmp").mkdir()  # a folder of that name is not ours
     os.utime(states / ".dir.0a1b2c3d.tmp", (old, old))
     (states / ".link.0a1b2c3d.tmp").symlink_to(states / "latest.pth")
-    args = argparse.Namespace(checkpoints_dir=str(tmp_path / "runs"), exp_name="r", resume=True, load_epoch=None)
-    Run(args).close()
+    flags = {"checkpoints_dir": str(tmp_path / "runs"), "exp_name": "r", "resume": True, "load_epoch": None}
+    Run(flags).close()
     assert not any(p.exists() for p in orphans)
     assert all(p.exists() for p in keep)
     assert (states / ".dir.0a1b2c3d.tmp").is_dir() and (states / ".link.0a1b2c3d.tmp").is_symlink()
@@ -574,8 +596,8 @@ def test_sigkill_during_a_save_keeps_the_old_file_and_the_next_run_cleans_up(tmp
     assert len(leftovers) == 1
     assert load_checkpoint(target)["epoch"] in (1, 2)  # the old file or a complete new one, never half of one
     time.sleep(0.05)
-    args = argparse.Namespace(checkpoints_dir=str(tmp_path / "runs"), exp_name="r", resume=True, load_epoch=None)
-    Run(args).close()
+    flags = {"checkpoints_dir": str(tmp_path / "runs"), "exp_name": "r", "resume": True, "load_epoch": None}
+    Run(flags).close()
     assert not leftovers[0].exists() and target.exists()
 
 

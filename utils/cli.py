@@ -4,7 +4,10 @@
 - Flag groups the scripts share, each flag declared once: `add_runtime_args` (--device, --batch_size,
   --num_workers), `add_data_args`, `add_train_args`; the reference's shared parser is covered
   by them with its flag names and meanings, plus this project's own flags.
-- `check_flags`: every numeric flag a script has is checked for range and finiteness before any work.
+- `Range` (`at_least`, `above`): a numeric flag's type and range, declared at the flag; argparse checks
+  every value as it parses the command line.
+- `check_flags`: what a range cannot say (distinct --target_frames, a readable --decay_type, writable
+  outputs), before any work.
 - `run_main`: the scripts' main(): a `UserError` becomes one `error: ...` line (exit 2), Ctrl-C one line
   (exit 130); anything else is a bug and keeps its traceback.
 """
@@ -73,7 +76,62 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
+        # a Range's complaint reads like every other flag error: "--lr must be > 0 (got 0.0)"
+        out_of_range = re.fullmatch(r"argument (-[^\s/:]+)\S*: (must be .*)", message)
+        if out_of_range:
+            message = f"{out_of_range[1]} {out_of_range[2]}"
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+# --- ranges ---------------------------------------------------------------------------------------
+# Every numeric flag declares its range as its type (tests/test_reliability.py walks the parsers to make
+# sure). The upper bounds only stop values that would exhaust the machine before any useful work (a model
+# of 10^30 channels, a million loader processes). Every float flag also stays finite and within
+# +-FLOAT_LIMIT: the models and optimisers compute in float32 (max 3.4e38), where torch refuses larger
+# scalars with an error from deep inside the optimiser step.
+FLOAT_LIMIT = 1e30
+
+
+class Range:
+    """A numeric flag's type and range: `type=Range(float, 0, 1.0)` converts each value (every one of an
+    nargs flag) and refuses one outside [low, high] (low excluded with low_excluded=True; None: no bound),
+    and a float that is not finite or beyond FLOAT_LIMIT, in one line naming the flag."""
+
+    def __init__(self, kind, low=None, high=None, *, low_excluded: bool = False):
+        self.kind, self.low, self.high, self.low_excluded = kind, low, high, low_excluded
+        self.__name__ = kind.__name__  # argparse names it in "invalid int value: 'x'"
+
+    def __call__(self, text: str):
+        value = self.kind(text)
+        problem = self.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    def problem(self, value) -> str | None:
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number (got {value})"
+        if self.low is not None and (value <= self.low if self.low_excluded else value < self.low):
+            return f"must be {'>' if self.low_excluded else '>='} {self.low} (got {value})"
+        if self.high is not None and value > self.high:
+            return f"must be <= {self.high} (got {value})"
+        if isinstance(value, float) and abs(value) > FLOAT_LIMIT:
+            return (f"must be between -{FLOAT_LIMIT:g} and {FLOAT_LIMIT:g}: training computes in float32 "
+                    f"(got {value})")
+        return None
+
+
+def at_least(low, high=None, kind=int) -> Range:
+    """low <= value (<= high)."""
+    return Range(kind, low, high)
+
+
+def above(low, high=None, kind=float) -> Range:
+    """low < value (<= high)."""
+    return Range(kind, low, high, low_excluded=True)
+
+
+SEED = at_least(0, 2 ** 32 - 1)  # what numpy accepts
 
 
 # --- flag groups ----------------------------------------------------------------------------------
@@ -83,8 +141,8 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, batch_size: int | None,
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     if batch_size is not None:
-        g.add_argument("--batch_size", type=int, default=batch_size, help="sequences per batch")
-        g.add_argument("--num_workers", type=int, default=num_workers, help="data loader worker processes")
+        g.add_argument("--batch_size", type=at_least(1, 2 ** 31 - 1), default=batch_size, help="sequences per batch")
+        g.add_argument("--num_workers", type=at_least(0, 256), default=num_workers, help="data loader worker processes")
 
 
 def add_data_args(parser: argparse.ArgumentParser, *, limits=("train", "val", "test"),
@@ -98,7 +156,7 @@ def add_data_args(parser: argparse.ArgumentParser, *, limits=("train", "val", "t
     g.add_argument("--data_root", default=None,
                    help="resolve relative paths against this folder instead (default: the metadata file's folder)")
     if target_frames:
-        g.add_argument("--target_frames", type=int, nargs="+", default=None,
+        g.add_argument("--target_frames", type=at_least(1), nargs="+", default=None,
                        help="1-based frames to load, distinct, in the order given: each sequence is loaded as "
                             "that list of its frames, so '7 6 5 4 3 2 1' loads it reversed (default: all, "
                             "in order)")
@@ -106,7 +164,7 @@ def add_data_args(parser: argparse.ArgumentParser, *, limits=("train", "val", "t
                    help="before any work, read only the image headers (sizes) instead of decoding every "
                         "image in full (which also catches truncated files)")
     for split in limits:
-        g.add_argument(f"--{split}_limit", type=int, default=None,
+        g.add_argument(f"--{split}_limit", type=at_least(1), default=None,
                        help=f"use only the first N {split} sequences (default: all)")
 
 
@@ -118,9 +176,9 @@ def add_train_args(parser: argparse.ArgumentParser, *, epochs: int = 100, lr: fl
     g.add_argument("--exp_name", default=None,
                    help="run name: everything goes to <checkpoints_dir>/<exp_name>/ (default: the reference's name)")
     g.add_argument("--checkpoints_dir", default="checkpoints", help="folder of the runs")
-    g.add_argument("--seed", type=int, default=42, help="seed of the weights, crops and augmentations")
+    g.add_argument("--seed", type=SEED, default=42, help="seed of the weights, crops and augmentations")
     g.add_argument("--resume", action="store_true", help="continue from the run's latest training state")
-    g.add_argument("--load_epoch", type=int, default=None,
+    g.add_argument("--load_epoch", type=at_least(0), default=None,
                    help="continue from the training state of this epoch (default: the latest, with --resume)")
     g.add_argument("--pretrained_path", default=None, help="start from these weights (a checkpoint of this model)")
     g.add_argument("--allow_changes", nargs="+", default=None, metavar="FLAG",
@@ -128,32 +186,32 @@ def add_train_args(parser: argparse.ArgumentParser, *, epochs: int = 100, lr: fl
                         "any other difference that changes the run is refused. Recorded in args_resume.json, the "
                         "log and every later checkpoint (resume_history)")
     g = parser.add_argument_group("training")
-    g.add_argument("--epochs", "--num_epochs", dest="epochs", type=int, default=epochs, help="epochs to train")
-    g.add_argument("--max_steps", type=int, default=None,
+    g.add_argument("--epochs", "--num_epochs", dest="epochs", type=at_least(1), default=epochs, help="epochs to train")
+    g.add_argument("--max_steps", type=at_least(1), default=None,
                    help="stop after this many optimiser steps (smoke runs; default: no limit)")
-    g.add_argument("--time_limit", type=float, default=None,
+    g.add_argument("--time_limit", type=above(0), default=None,
                    help="minutes: end the run at the first step after this much training time in this call, as if "
                         "it were the last epoch (validated, model saved; --resume continues from the last complete "
                         "epoch; default: no limit)")
-    g.add_argument("--crop_size", type=int, default=crop_size, help="training crop (square)")
+    g.add_argument("--crop_size", type=at_least(1), default=crop_size, help="training crop (square)")
     g.add_argument("--no_augment", action="store_true", help="train on the images as stored (crop only)")
     g.add_argument("--optimizer", default="ADAMax", choices=("SGD", "ADAM", "RMSprop", "ADAMax"), help="optimiser")
-    g.add_argument("--lr", type=float, default=lr, help="learning rate")
-    g.add_argument("--weight_decay", type=float, default=0.0, help="L2 weight decay")
+    g.add_argument("--lr", type=above(0), default=lr, help="learning rate")
+    g.add_argument("--weight_decay", type=at_least(0, kind=float), default=0.0, help="L2 weight decay")
     g.add_argument("--decay_type", default="step",
                    help="'step' (x gamma every --lr_decay epochs) or 'step_a_b_c' (x gamma at epochs a, b, c)")
-    g.add_argument("--lr_decay", type=int, default=3, help="epochs between decays of --decay_type step")
-    g.add_argument("--gamma", type=float, default=0.9, help="learning-rate decay factor, in (0, 1]")
+    g.add_argument("--lr_decay", type=at_least(1), default=3, help="epochs between decays of --decay_type step")
+    g.add_argument("--gamma", type=above(0, 1.0), default=0.9, help="learning-rate decay factor, in (0, 1]")
     g = parser.add_argument_group("logging")
-    g.add_argument("--val_epoch", type=int, default=val_epoch, help="validate and save every N epochs")
-    g.add_argument("--state_every", type=int, default=1,
+    g.add_argument("--val_epoch", type=at_least(1), default=val_epoch, help="validate and save every N epochs")
+    g.add_argument("--state_every", type=at_least(1), default=1,
                    help="write the training state (training_states/latest.pth) every N epochs and at the last; "
                         "raise it for large models on short epochs")
-    g.add_argument("--train_step", type=int, default=100, help="log the losses and lr every N steps")
-    g.add_argument("--display_step", type=int, default=display_step,
+    g.add_argument("--train_step", type=at_least(1), default=100, help="log the losses and lr every N steps")
+    g.add_argument("--display_step", type=at_least(0), default=display_step,
                    help="every N steps: the mean loss of those steps in log.txt and a training visualisation (0: never)")
     if images:
-        g.add_argument("--img_log_freq", type=int, default=None,
+        g.add_argument("--img_log_freq", type=at_least(1), default=None,
                        help="at validation, write a visualisation every N batches (default: the first batch only)")
 
 
@@ -164,56 +222,19 @@ def add_checkpoint_args(parser: argparse.ArgumentParser, what: str) -> None:
     g.add_argument("--pretrained_path", default=None,
                    help=f"{what} (default: the latest model of the run named by --exp_name)")
     g.add_argument("--exp_name", default=None, help="run whose model to use (default: the reference's run name)")
-    g.add_argument("--load_epoch", type=int, default=None, help="use the run's model of this epoch (default: latest)")
+    g.add_argument("--load_epoch", type=at_least(0), default=None,
+                   help="use the run's model of this epoch (default: latest)")
     g.add_argument("--checkpoints_dir", default="checkpoints", help="folder of the runs")
 
 
 def add_eval_args(parser: argparse.ArgumentParser, splits) -> None:
     g = parser.add_argument_group("evaluation")
     g.add_argument("--split", default="test", choices=splits, help="split to evaluate")
-    g.add_argument("--seed", type=int, default=42, help="seed of the draws for entries with order 'random'")
+    g.add_argument("--seed", type=SEED, default=42, help="seed of the draws for entries with order 'random'")
     g.add_argument("--output_json", default=None, help="also write the figures to this JSON file (default: print only)")
 
 
 # --- checks ---------------------------------------------------------------------------------------
-
-# name -> (lowest allowed, whether the lowest is excluded, highest allowed or None); every value must also be
-# finite. Every numeric flag of every script is here (tests/test_reliability.py walks the parsers to make
-# sure). The upper bounds only stop values that would exhaust the machine before any useful work (a model
-# of 10^30 channels, a million loader processes); seeds are what numpy accepts; --gamma decays (an lr that
-# grows every few epochs overflows float32 in the optimiser). Every float flag also stays within
-# +-FLOAT_LIMIT: the models and optimisers compute in float32 (max 3.4e38), where torch refuses larger
-# scalars with an error from deep inside the optimiser step.
-FLOAT_LIMIT = 1e30
-_RANGES = {
-    # data and runtime
-    "batch_size": (1, False, 2 ** 31 - 1), "num_workers": (0, False, 256), "train_limit": (1, False, None),
-    "val_limit": (1, False, None), "test_limit": (1, False, None), "seed": (0, False, 2 ** 32 - 1),
-    # training
-    "epochs": (1, False, None), "max_steps": (1, False, None), "time_limit": (0, True, None),
-    "state_every": (1, False, None), "crop_size": (1, False, None),
-    "lr": (0, True, None), "weight_decay": (0, False, None), "gamma": (0, True, 1.0), "lr_decay": (1, False, None),
-    "val_epoch": (1, False, None), "train_step": (1, False, None), "display_step": (0, False, None),
-    "img_log_freq": (1, False, None), "load_epoch": (0, False, None), "skip_nonfinite": (0, False, None),
-    # models and losses
-    "alpha": (0, False, None), "width_mult": (0, True, 4.0), "out_dim": (1, False, 1024), "slope": (None, False, None),
-    "lowpass": (0, False, 64.0),
-    # prepare_dataset.py
-    "size": (32, False, 4096), "num_train": (0, False, None), "num_val": (0, False, None),
-    "num_test": (0, False, None), "subframes": (5, False, 99), "foreground_p": (0, False, 1.0),
-    "travel": (0, False, 1000.0), "radii": (0, True, 1000.0),
-    "window": (1, False, None), "stride": (1, False, None), "num_frames": (2, False, None),
-    "val_fraction": (0, False, 1.0), "test_fraction": (0, False, 1.0),
-    # Purohit (train_blur2vid.py)
-    "mu": (0, False, None), "embed_weight": (0, False, None), "center_weight": (0, False, None),
-    "center_width_mult": (0, True, 4.0), "stage": (1, False, 2),
-    # lab/probe_order.py
-    "train_crops": (1, False, None), "test_crops": (1, False, None), "min_motion": (0, False, None),
-    "steps": (1, False, None), "subcrop_size": (1, False, None), "subcrops": (1, False, None),
-    "crop_consistency": (0, False, None), "workers": (1, False, 256),
-    # lab/experiments/
-    "minutes": (0, True, None), "wide_epochs": (1, False, None), "jobs": (1, False, 256),
-}
 
 # Flags naming something a script writes: (kind, only when the script trains). Checked before any work,
 # so a run does not end after hours on a folder it cannot write.
@@ -281,41 +302,15 @@ def output_problem(path, folder: bool) -> str | None:
     return None
 
 
-def _out_of_range(value, low, strict: bool, high) -> bool:
-    if isinstance(value, float) and (not math.isfinite(value) or abs(value) > FLOAT_LIMIT):
-        return True
-    return (low is not None and (value <= low if strict else value < low)) or (high is not None and value > high)
-
-
 def check_flags(args) -> None:
-    """Before any work: range and finiteness of every numeric flag the script has (see _RANGES), distinct
-    --target_frames, a readable --decay_type, and write access to the outputs the flags name (_OUTPUTS);
-    one FlagError listing every problem."""
+    """Before any work, what the flags' ranges (checked as they are parsed) cannot say: distinct
+    --target_frames, a readable --decay_type, --allow_changes only with --resume, and write access to the
+    outputs the flags name (_OUTPUTS); one FlagError listing every problem."""
     problems = []
-    for name, (low, strict, high) in _RANGES.items():
-        given = getattr(args, name, None)
-        values = given if isinstance(given, list) else [given]  # nargs flags: every value
-        value = next((v for v in values if v is not None and not isinstance(v, bool)
-                      and _out_of_range(v, low, strict, high)), None)
-        if value is None:
-            continue
-        flag = f"--{name}"
-        if isinstance(value, float) and not math.isfinite(value):
-            problems.append(f"{flag} must be a finite number (got {value})")
-        elif low is not None and (value <= low if strict else value < low):
-            problems.append(f"{flag} must be {'>' if strict else '>='} {low} (got {value})")
-        elif high is not None and value > high:
-            problems.append(f"{flag} must be <= {high} (got {value})")
-        elif isinstance(value, float) and abs(value) > FLOAT_LIMIT:
-            problems.append(f"{flag} must be between -{FLOAT_LIMIT:g} and {FLOAT_LIMIT:g}: training computes in "
-                            f"float32 (got {value})")
     frames = getattr(args, "target_frames", None)
-    if frames is not None:
-        if any(k < 1 for k in frames):
-            problems.append(f"--target_frames are 1-based frame numbers (got {' '.join(map(str, frames))})")
-        if len(set(frames)) != len(frames):
-            repeated = sorted({k for k in frames if frames.count(k) > 1})
-            problems.append(f"--target_frames must be distinct (frame(s) {', '.join(map(str, repeated))} repeated)")
+    if frames is not None and len(set(frames)) != len(frames):
+        repeated = sorted({k for k in frames if frames.count(k) > 1})
+        problems.append(f"--target_frames must be distinct (frame(s) {', '.join(map(str, repeated))} repeated)")
     if getattr(args, "decay_type", None) is not None:
         try:
             parse_decay(args.decay_type, getattr(args, "lr_decay", 3))

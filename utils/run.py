@@ -14,6 +14,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -109,21 +110,21 @@ def _resolved(value) -> str | None:
     return meta if os.path.isdir(path) and os.path.isfile(meta) else path
 
 
-def resolved_paths(args) -> dict:
-    return {k: _resolved(getattr(args, k)) for k in PATH_FLAGS if getattr(args, k, None) not in (None, "")}
+def resolved_paths(flags: dict) -> dict:
+    return {k: _resolved(flags[k]) for k in PATH_FLAGS if flags.get(k) not in (None, "")}
 
 
 def _plain(value):
     return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
-def resume_changes(saved: dict, args) -> dict:
+def resume_changes(saved: dict, flags: dict) -> dict:
     """{flag: (the run's value, the value now)} of every flag that differs from `saved` (the arguments the
     training state was saved with) and may change what the run computes. Path flags compare as real paths;
     flags the saved arguments do not know are not compared."""
     paths = saved.get("resolved_paths") or {}
     changes = {}
-    for key, now in sorted(vars(args).items()):
+    for key, now in sorted(flags.items()):
         if key in RESUME_FREE or key in RESUME_RECORDS or key in STARTUP_ONLY or key not in saved:
             continue
         before = saved[key]
@@ -140,27 +141,29 @@ def _flag_names(values) -> set:
     return {str(v).lstrip("-") for v in values or ()}
 
 
-def check_resume_args(saved: dict, args, epoch: int, source: str) -> dict:
+def check_resume_args(saved: dict, flags: dict, epoch: int, source: str) -> tuple[dict, dict]:
     """Compare the flags with the run's (`saved`, from `source`) before a resume; returns the changes the user
-    allowed (--allow_changes), which the caller applies. Refused, as one FlagError: a change of the model
-    (RESUME_FIXED), a starting-weights flag other than the run's, and any other change not allowed. A
-    starting-weights flag left out takes the run's value, so the run's files state where it started."""
-    allowed = _flag_names(getattr(args, "allow_changes", None))
-    unknown = sorted(a for a in allowed if a not in vars(args) or a in RESUME_FREE or a in RESUME_RECORDS)
+    allowed (--allow_changes), which the caller applies, and the flags the resumed run goes on with. Refused, as
+    one FlagError: a change of the model (RESUME_FIXED), a starting-weights flag other than the run's, and any
+    other change not allowed. A starting-weights flag left out takes the run's value, so the run's files state
+    where it started."""
+    allowed = _flag_names(flags.get("allow_changes"))
+    unknown = sorted(a for a in allowed if a not in flags or a in RESUME_FREE or a in RESUME_RECORDS)
     if unknown:
         raise FlagError(f"--allow_changes {' '.join(unknown)}: not a flag of this script that a resume compares")
     paths = saved.get("resolved_paths") or {}
+    flags = dict(flags)
     for key in STARTUP_ONLY:
-        now = getattr(args, key, None)
-        if key not in vars(args) or key not in saved:
+        now = flags.get(key)
+        if key not in flags or key not in saved:
             continue
         if now in (None, ""):
-            setattr(args, key, saved[key])
+            flags[key] = saved[key]
         elif (paths.get(key) or _resolved(saved[key])) != _resolved(now):
             raise FlagError(f"--{key} {now}: it only chooses a new run's starting weights, and --resume continues "
                             f"from the saved state (this run started from {saved[key] or 'fresh weights'}); "
                             "leave it out")
-    changes = resume_changes(saved, args)
+    changes = resume_changes(saved, flags)
     fixed = [k for k in changes if k in RESUME_FIXED]
     if fixed:
         k = fixed[0]
@@ -172,7 +175,7 @@ def check_resume_args(saved: dict, args, epoch: int, source: str) -> dict:
         raise FlagError(f"--resume: the flags differ from the run's ({source}): {listed}; give the run's values, or "
                         f"pass --allow_changes {' '.join(refused)} to apply the new ones from epoch {epoch + 1} on "
                         "(recorded in the run's files)")
-    return changes
+    return changes, flags
 
 
 RUN_FILES = ("args.json", "args_resume.json", "log.txt", LOCK_NAME)
@@ -182,27 +185,33 @@ RUN_FOLDERS = ("models", "training_states", "visualisations", "tensorboard")
 class Run:
     """The run folder of a training script (see the module docstring). While a Run is open, rank 0 holds the
     folder's lock (utils/lock.py): a second training or --resume of the same folder is refused, naming the
-    process; close() lets go (and so does the end of the process, in any way)."""
+    process; close() lets go (and so does the end of the process, in any way).
 
-    def __init__(self, args, dist_info: DistInfo | None = None, inputs: Inputs | None = None):
-        """inputs: the files the training reads (datasets.metadata.dataset_inputs); the checkpoint flags are
-        added here. The folder must not write over any of them."""
+    `record` holds the run's arguments as its files record them (args.json, args_resume.json, the "args" of
+    every checkpoint): the flags it was given, with the run's own records added (resolved_paths, and on a
+    resume resume_history and the starting weights it was saved with)."""
+
+    def __init__(self, flags: Mapping, dist_info: DistInfo | None = None, inputs: Inputs | None = None):
+        """flags: every flag by name, with the script's derived values (exp_name, dataset_name, ...); inputs:
+        the files the training reads (datasets.metadata.dataset_inputs); the checkpoint flags are added here.
+        The folder must not write over any of them."""
         started = time.time()
         self.dist = dist_info or DistInfo()
-        self.dir = Path(args.checkpoints_dir) / args.exp_name
+        self.record = dict(flags)
+        self.dir = Path(flags["checkpoints_dir"]) / flags["exp_name"]
         self.models_dir = self.dir / "models"
         self.states_dir = self.dir / "training_states"
         self.vis_dir = self.dir / "visualisations"
         self.lock = FolderLock(self.dir, "the run folder")
         self.changes: dict = {}
         self._state = None
-        resuming = args.resume or args.load_epoch is not None
+        resuming = flags["resume"] or flags["load_epoch"] is not None
         problem = output_problem(self.dir, folder=True)
         if problem:
             raise RunFolderError(f"--checkpoints_dir/--exp_name: {problem}")
         if inputs is not None:
             for flag in ("hypercut_path", "center_path") + (() if resuming else STARTUP_ONLY):
-                inputs.add_checkpoint(f"--{flag}", getattr(args, flag, None))
+                inputs.add_checkpoint(f"--{flag}", flags.get(flag))
             check_folder_outputs("the run folder", self.dir, RUN_FILES, RUN_FOLDERS, inputs)
         orphans = []
         if self.dist.is_main:
@@ -221,8 +230,8 @@ class Run:
                 if not (resuming and (self.dir / "args.json").exists()):
                     # args.json keeps the arguments the run started with; a resume records its own in
                     # args_resume.json once its flags are checked (resume_state)
-                    args.resolved_paths = resolved_paths(args)
-                    atomic_write_text(self.dir / "args.json", _args_json(args))
+                    self.record["resolved_paths"] = resolved_paths(self.record)
+                    atomic_write_text(self.dir / "args.json", _args_json(self.record))
             self.logger = self._make_logger()
         except BaseException:
             self.lock.release()
@@ -299,16 +308,16 @@ class Run:
         if numbered:
             save_checkpoint(payload, self.states_dir / f"{epoch:04d}.pth")
 
-    def resume_state(self, args) -> dict | None:
+    def resume_state(self) -> dict | None:
         """The training state to continue from, or None for a fresh run. The flags are compared with those the
         state was saved with (check_resume_args) first: changes are refused unless --allow_changes names them,
-        in which case they are recorded (args.resume_history, args_resume.json, the log) and self.changes holds
-        them for restore_training_state."""
+        in which case they are recorded (resume_history in self.record and args_resume.json, the log) and
+        self.changes holds them for restore_training_state."""
         if self._state is not None:
             return self._state
-        if args.load_epoch is not None:
-            path = self.states_dir / f"{args.load_epoch:04d}.pth"
-        elif args.resume:
+        if self.record["load_epoch"] is not None:
+            path = self.states_dir / f"{self.record['load_epoch']:04d}.pth"
+        elif self.record["resume"]:
             path = self.states_dir / "latest.pth"
         else:
             return None
@@ -320,17 +329,19 @@ class Run:
         if not isinstance(saved, dict):
             saved, source = self._started_args(), "args.json"
         epoch = int(state.get("epoch", 0)) if isinstance(state, dict) else 0
-        self.changes = check_resume_args(saved, args, epoch, source) if saved is not None else {}
+        record = self.record
+        if saved is not None:
+            self.changes, record = check_resume_args(saved, record, epoch, source)
         history = list(saved.get("resume_history") or []) if saved else []
         if self.changes:
             changed = {k: [_plain(a), _plain(b)] for k, (a, b) in self.changes.items()}
             history.append({"epoch": epoch, "changed": changed})
-        args.resume_history = history
+        record = {**record, "resume_history": history}
         started_from = {k: v for k, v in ((saved or {}).get("resolved_paths") or {}).items()
-                        if k in STARTUP_ONLY and getattr(args, k, None) == saved.get(k)}
-        args.resolved_paths = {**resolved_paths(args), **started_from}
+                        if k in STARTUP_ONLY and record.get(k) == saved.get(k)}
+        self.record = {**record, "resolved_paths": {**resolved_paths(record), **started_from}}
         if self.dist.is_main:
-            atomic_write_text(self.dir / "args_resume.json", _args_json(args))
+            atomic_write_text(self.dir / "args_resume.json", _args_json(self.record))
             if self.changes:
                 self.log("resuming with changed flags (--allow_changes): " + ", ".join(
                     f"{k} {a} -> {b}" for k, (a, b) in self.changes.items()) + f", from epoch {epoch + 1} on")
@@ -345,8 +356,8 @@ class Run:
         return saved if isinstance(saved, dict) else None
 
 
-def _args_json(args) -> str:
-    return json.dumps(vars(args), indent=2, default=str, allow_nan=False) + "\n"
+def _args_json(record: dict) -> str:
+    return json.dumps(record, indent=2, default=str, allow_nan=False) + "\n"
 
 
 class _LogFile(logging.FileHandler):
@@ -397,25 +408,25 @@ class _CheckedCalls:
         return call
 
 
-def plain_args(args) -> dict:
-    """The arguments as plain values (what torch.load(weights_only=True) can read back), with the run's records
-    (resolved paths, resume history)."""
-    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, dict, type(None)))}
+def plain_args(record: dict) -> dict:
+    """A run's record (Run.record: the flags with resolved paths and resume history) as plain values (what
+    torch.load(weights_only=True) can read back)."""
+    return {k: v for k, v in record.items() if isinstance(v, (str, int, float, bool, list, dict, type(None)))}
 
 
-def training_payload(model, optimizer, scheduler, epoch: int, step: int, args, extra: dict) -> dict:
+def training_payload(model, optimizer, scheduler, epoch: int, step: int, record: dict, extra: dict) -> dict:
     return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
-            "args": plain_args(args), **extra}
+            "args": plain_args(record), **extra}
 
 
-def restore_training_state(state: dict, model, optimizer, scheduler, args=None, changes=()) -> tuple[int, int]:
+def restore_training_state(state: dict, model, optimizer, scheduler, config=None, changes=()) -> tuple[int, int]:
     """Load a saved training state into the model, optimiser and scheduler and restore the RNG streams;
     returns (next epoch, global step). A state that lacks a part, or does not fit, is one CheckpointError.
     `changes` (flags allowed to differ on --resume, see check_resume_args) that concern the optimiser are
-    applied from the flags in `args`: another --optimizer starts with a fresh optimiser state; another
-    --lr, --gamma, --decay_type or --lr_decay sets the schedule those flags give at the saved epoch; another
-    --weight_decay replaces the saved one."""
+    applied from `config` (utils.training.TrainConfig: its lr and weight_decay): another --optimizer starts
+    with a fresh optimiser state; another --lr, --gamma, --decay_type or --lr_decay sets the schedule those
+    flags give at the saved epoch; another --weight_decay replaces the saved one."""
     lacking = [k for k in ("model", "optimizer", "scheduler", "epoch", "step", "rng") if k not in state]
     if lacking:
         raise CheckpointError(f"the training state lacks {', '.join(lacking)}: not a complete state saved by "
@@ -435,12 +446,12 @@ def restore_training_state(state: dict, model, optimizer, scheduler, args=None, 
     if "optimizer" not in changed:
         optimizer.load_state_dict(state["optimizer"])
     if changed & {"optimizer", "lr", "decay_type", "lr_decay", "gamma"}:
-        _set_schedule(scheduler, int(state["scheduler"].get("last_epoch", state["epoch"])), args.lr)
+        _set_schedule(scheduler, int(state["scheduler"].get("last_epoch", state["epoch"])), config.lr)
     else:
         scheduler.load_state_dict(state["scheduler"])
     if "weight_decay" in changed:
         for group in optimizer.param_groups:
-            group["weight_decay"] = args.weight_decay
+            group["weight_decay"] = config.weight_decay
     set_rng_state(state["rng"])
     return int(state["epoch"]) + 1, int(state["step"])
 

@@ -22,7 +22,7 @@ import torch
 from datasets.blur2vid import Blur2VidDataset
 from datasets.ordering import entry_motion
 from models.backbones.jin import JinBackbone, load_middle_network
-from utils.cli import ArgumentParser, check_flags, run_main
+from utils.cli import SEED, ArgumentParser, above, at_least, check_flags, run_main
 from utils.metrics.sequence import SequenceMetrics
 from utils.report import write_json
 
@@ -36,20 +36,20 @@ def build_parser() -> ArgumentParser:
                    help="the middle network alone, or the whole Jin")
     p.add_argument("--order", default="oracle", choices=("oracle", "random", "stored"),
                    help="order of the training sequences (random: a seeded coin per sequence)")
-    p.add_argument("--steps", type=int, default=800, help="optimiser steps")
+    p.add_argument("--steps", type=at_least(1), default=800, help="optimiser steps")
     p.add_argument("--eval_every", type=int, default=100, help="score the test split every N steps")
-    p.add_argument("--lr", type=float, default=3e-3, help="learning rate")
+    p.add_argument("--lr", type=above(0), default=3e-3, help="learning rate")
     p.add_argument("--optimizer", default="ADAM", choices=("ADAM", "ADAMax"), help="optimiser")
-    p.add_argument("--batch_size", type=int, default=8, help="crops per batch")
-    p.add_argument("--crop_size", type=int, default=40, help="random training crop")
-    p.add_argument("--width_mult", type=float, default=0.25, help="width of the narrow Jin")
+    p.add_argument("--batch_size", type=at_least(1, 2 ** 31 - 1), default=8, help="crops per batch")
+    p.add_argument("--crop_size", type=at_least(1), default=40, help="random training crop")
+    p.add_argument("--width_mult", type=above(0, 4.0), default=0.25, help="width of the narrow Jin")
     p.add_argument("--center_path", default=None, help="start the middle network from this checkpoint")
     p.add_argument("--train_center", action="store_true", help="fine-tune the loaded middle network")
     p.add_argument("--gt_center", action="store_true", help="give the outer networks the true middle frame")
     p.add_argument("--default_init", action="store_true", help="PyTorch's initialisation of every last conv")
-    p.add_argument("--train_limit", type=int, default=None, help="first N training sequences (default: all)")
-    p.add_argument("--test_limit", type=int, default=64, help="first N test sequences")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights and crops")
+    p.add_argument("--train_limit", type=at_least(1), default=None, help="first N training sequences (default: all)")
+    p.add_argument("--test_limit", type=at_least(1), default=64, help="first N test sequences")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the weights and crops")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--output_json", default=None, help="write the curve here")
     return p

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from recipes import recipe
-from utils.cli import ArgumentParser
+from utils.cli import ArgumentParser, above, at_least
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -477,8 +477,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--work", default=None, help="data and checkpoints (default: runs/order_matrix[_tiny])")
     p.add_argument("--tiny", action="store_true", help="tiny dataset and 2-step runs: checks every stage on CPU")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--jobs", type=int, default=None, help="commands at once (default: 8 on CUDA, 2 on CPU)")
-    p.add_argument("--num_workers", type=int, default=None,
+    p.add_argument("--jobs", type=at_least(1, 256), default=None, help="commands at once (default: 8 on CUDA, 2 on CPU)")
+    p.add_argument("--num_workers", type=at_least(0, 256), default=None,
                    help="data loader workers per training (default: 1; tiny 0)")
     p.add_argument("--threads", type=int, default=None, help="OMP threads per command (default: 2; tiny 1)")
     p.add_argument("--data_workers", type=int, default=None, help="dataset rendering processes (default: CPU count)")
@@ -498,22 +498,15 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--hypercuts", nargs="+", default=list(MATRIX_HYPERCUTS), choices=list(MATRIX_HYPERCUTS),
                    help="HyperCUTs that get deblurring rows")
     p.add_argument("--no_probe", dest="probe", action="store_false", help="skip the direction probes")
-    p.add_argument("--minutes", type=float, default=6.0, help="training time of each run of the wide budget")
-    p.add_argument("--wide_epochs", type=int, default=None,
+    p.add_argument("--minutes", type=above(0), default=6.0, help="training time of each run of the wide budget")
+    p.add_argument("--wide_epochs", type=at_least(1), default=None,
                    help="also stop each wide run after this many epochs (22 steps each), so that rows run in "
                         "different calls see the same batches; default: --minutes alone")
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from utils.cli import check_flags
-    from utils.errors import FlagError
-    try:
-        check_flags(args)  # --minutes > 0, --num_workers in range, ...
-    except FlagError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)  # the flags' ranges are checked here
     if not args.out:
         print("error: give --out or set ORDER_MATRIX_OUT", file=sys.stderr)
         return 2
