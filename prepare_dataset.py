@@ -164,6 +164,11 @@ def main_body(args) -> None:
         writer.abort()  # nothing half-written is left at --out
         raise
     writer.commit(meta)
+    if writer.kept:
+        shown = ", ".join(writer.kept[:6]) + (f" and {len(writer.kept) - 6} more" if len(writer.kept) > 6 else "")
+        print(f"note: --overwrite kept what {args.out} held beside the new dataset ({shown}): the new "
+              "metadata.json does not list it, and order files made for the old data no longer describe this one; "
+              "delete what belonged to the old dataset", file=sys.stderr)
     try:
         print_summary(args.out)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (utils.cli.Terminated), which keeps its exit code

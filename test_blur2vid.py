@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import utils.threads  # noqa: F401  (first: OpenMP's wait policy, before torch loads)
 
+import os
 import sys
 from pathlib import Path
 
@@ -129,6 +130,11 @@ def check_outputs_first(args, checkpoint, dataset, num_frames: int) -> None:
         outputs += [("--output_json", args.output_json),
                     ("the CSV beside --output_json", Path(args.output_json).with_suffix(".csv"))]
     if args.save_images:
+        folder = os.path.realpath(args.save_images) + os.sep
+        for label, path in outputs:
+            if (os.path.realpath(path) + os.sep).startswith(folder):
+                raise FlagError(f"{label} {path} is --save_images {args.save_images} or inside it: give the "
+                                "JSON and the image folder different places")
         names = [f"{entry_folder(e.id, i)}/frame_{k}.png" for i, e in enumerate(dataset.entries)
                  for k in range(1, num_frames + 1)]
         outputs += [("--save_images", p) for p in folder_targets(args.save_images, names)]

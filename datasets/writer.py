@@ -57,6 +57,7 @@ class DatasetWriter:
             raise UserError(f"{self.out} is not empty and holds no dataset ({METADATA_NAME}); choose an "
                             "empty or new --out, or pass --overwrite to write into it anyway")
         self.overwrite = overwrite
+        self.kept: list[str] = []  # names in OUT that the new dataset neither writes nor replaces (commit)
         self.stage = self.out / STAGE
         if self.stage.exists():  # left by a killed writer (the lock says none works here now)
             shutil.rmtree(self.stage)
@@ -132,6 +133,9 @@ class DatasetWriter:
         replaced = self.out / REPLACED
         names = sorted(p.name for p in self.stage.iterdir() if p.name != METADATA_NAME)
         plan = {"incoming": names, "replaces": [n for n in names if os.path.lexists(self.out / n)]}
+        # what OUT held beside the dataset it replaces and the new one does not: kept, and named to the user
+        self.kept = sorted(p.name for p in self.out.iterdir()
+                           if p.name not in names and p.name not in (METADATA_NAME, STAGE, REPLACED, LOCK_NAME))
         try:
             replaced.mkdir()
             atomic_write_text(replaced / PLAN, json.dumps(plan))

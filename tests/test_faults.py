@@ -485,7 +485,7 @@ def test_evaluation_outputs_that_are_inputs_or_each_other_are_refused_before_any
         (["--output_json", str(narrow_ckpt)], "would overwrite an input, --pretrained_path"),
         (["--output_json", str(tmp_path / "r.csv")], "give the JSON a .json name"),
         (["--output_json", str(tmp_path / "imgs" / "te%2F0" / "frame_1.png"), "--save_images", str(tmp_path / "imgs")],
-         "would be written to the same file"),
+         "or inside it"),
         (["--output_json", str(hypercut_ckpt), "--hypercut_path", str(hypercut_ckpt)], "input, --hypercut_path"),
     ]
     for extra, needle in cases:
@@ -506,6 +506,45 @@ def test_evaluation_outputs_that_are_inputs_or_each_other_are_refused_before_any
                                                       "--device", "cpu"])
     assert "would overwrite an input, --pretrained_path" in err
     assert not evaluated and snapshot(data) == before
+
+
+def test_results_are_never_written_over_another_runs_checkpoint_or_state(data, narrow_ckpt, hypercut_ckpt, tmp_path,
+                                                                          capsys, monkeypatch):
+    """Files no command reads here but that hold weights or a resume state: JSON results, CSVs and orders
+    are refused there, --overwrite or not; an --output_json inside --save_images is refused before work."""
+    other_ckpt = tmp_path / "other_run" / "models" / "0001.pth"
+    other_ckpt.parent.mkdir(parents=True)
+    other_ckpt.write_bytes(hypercut_ckpt.read_bytes())
+    state = tmp_path / "other_run" / "training_states" / "latest.pth"
+    state.parent.mkdir(parents=True)
+    torch.save({"epoch": 3, "optimizer": {}}, state)
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)
+    kept = {p: p.read_bytes() for p in (other_ckpt, state, legacy)}
+    evaluated = []
+    monkeypatch.setattr(test_blur2vid, "evaluate", lambda *a, **k: evaluated.append(1))
+    for target in kept:
+        err = one_line_error(capsys, test_blur2vid.main, eval_argv(data, narrow_ckpt, "--output_json", str(target)))
+        assert "is a PyTorch checkpoint or training state" in err, err
+        err = one_line_error(capsys, test_hypercut.main, ["--metadata_root", str(data), "--pretrained_path",
+                                                          str(hypercut_ckpt), "--output_json", str(target),
+                                                          "--device", "cpu"])
+        assert "is a PyTorch checkpoint or training state" in err, err
+        err = one_line_error(capsys, generate_order.main, ["--metadata_root", str(data), "--pretrained_path",
+                                                           str(hypercut_ckpt), "--save_path", str(target),
+                                                           "--overwrite", "--device", "cpu"])
+        assert "is a PyTorch checkpoint or training state" in err, err
+    # the CSV beside the JSON is checked too
+    csv_state = tmp_path / "r.csv"
+    csv_state.write_bytes(kept[state])
+    err = one_line_error(capsys, test_blur2vid.main, eval_argv(data, narrow_ckpt, "--output_json", str(tmp_path / "r.json")))
+    assert "the CSV beside --output_json" in err and "PyTorch checkpoint" in err, err
+    for json_path in (tmp_path / "imgs", tmp_path / "imgs" / "r.json"):
+        err = one_line_error(capsys, test_blur2vid.main, eval_argv(data, narrow_ckpt, "--output_json", str(json_path),
+                                                                   "--save_images", str(tmp_path / "imgs")))
+        assert "is --save_images" in err and "or inside it" in err, err
+    assert not evaluated and not (tmp_path / "imgs").exists()
+    assert all(p.read_bytes() == b for p, b in kept.items())
 
 
 def test_generate_order_never_writes_over_a_checkpoint_or_an_image_even_with_overwrite(data, hypercut_ckpt, capsys):
@@ -585,6 +624,20 @@ def test_resume_with_changed_flags_is_refused_with_the_list(data, run1, tmp_path
                                                               "nonsense"))
     assert "--allow_changes nonsense" in err
     assert snapshot(runs) == before
+
+
+def test_a_resume_refused_for_its_model_leaves_the_run_records_unchanged(data, run1, tmp_path, capsys):
+    """The flags match, but the state holds another kind of model (as when train_hypercut resumes a Jin run):
+    refused in one line, and args_resume.json is not written (it was, before the state was checked)."""
+    runs = copy_run(run1, tmp_path)
+    path = runs / "r" / "training_states" / "latest.pth"
+    state = load_checkpoint(path)
+    state["hypercut_config"] = None  # what a deblurring run's state holds there
+    save_checkpoint(state, path)
+    before = snapshot(runs)
+    err = one_line_error(capsys, train_hypercut.main, hc_argv(data, runs, "r", "--resume", "--epochs", "2"))
+    assert "the training state was made with hypercut_config None" in err
+    assert snapshot(runs) == before and not (runs / "r" / "args_resume.json").exists()
 
 
 def test_allowed_changes_are_applied_and_recorded(data, run1, tmp_path):

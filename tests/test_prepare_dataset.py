@@ -118,6 +118,27 @@ def test_refuses_to_overwrite_without_flag(tmp_path, capsys):
     assert (out / "metadata.json").read_bytes() != before
 
 
+def test_overwrite_names_what_it_kept_of_the_old_dataset(tmp_path, capsys):
+    """A smaller dataset over a bigger one, beside an order file made for the old data: the old entries the
+    new metadata does not list and the order file are kept (never deleted) and named in one note."""
+    out = tmp_path / "syn"
+    small = ["--size", "32", "--num_val", "1", "--num_test", "1", "--subframes", "5"]
+    assert prepare_dataset.main(["synthetic", "--out", str(out), "--num_train", "4"] + small) == 0
+    old = {p.name for p in out.iterdir()}
+    (out / "metadata_hc.json").write_text("{}")
+    capsys.readouterr()
+    assert prepare_dataset.main(["synthetic", "--out", str(out), "--num_train", "4", "--seed", "2", "--overwrite"]
+                                + small) == 0
+    assert capsys.readouterr().err.count("note: --overwrite kept") == 1  # the order file only
+    assert prepare_dataset.main(["synthetic", "--out", str(out), "--num_train", "1", "--overwrite"] + small) == 0
+    err = capsys.readouterr().err
+    new = {e["blur_path"].split("/")[0] for e in json.loads((out / "metadata.json").read_text())["data"]}
+    gone = sorted(old - new - {"metadata.json"})
+    assert gone and all((out / name).exists() for name in gone) and (out / "metadata_hc.json").exists()
+    note = [line for line in err.splitlines() if line.startswith("note: --overwrite kept")]
+    assert len(note) == 1 and "metadata_hc.json" in note[0] and gone[0] in note[0], err
+
+
 def test_refuses_a_non_empty_folder_that_is_not_a_dataset(tmp_path, capsys):
     out = tmp_path / "mine"
     (out / "000000").mkdir(parents=True)

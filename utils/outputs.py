@@ -70,9 +70,25 @@ class Inputs:
         return next((label for real, label in self._by_path.items() if real.startswith(prefix)), None)
 
 
+# A file that torch.save wrote: a zip archive (PyTorch >= 1.6) or a bare pickle (older files).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def is_torch_file(path) -> bool:
+    """True when `path` is a file that starts as a PyTorch checkpoint or training state does."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return any(head.startswith(magic) for magic in _TORCH_MAGIC)
+
+
 def check_outputs(outputs, inputs: Inputs | None = None) -> None:
     """outputs: [(label, path)] of every file a script will write (None paths are skipped). One FlagError
-    naming the first output that is one of `inputs`, or that an earlier output names too."""
+    naming the first output that is one of `inputs`, that an earlier output names too, or that exists as a
+    PyTorch file (a checkpoint or training state of any run: no script writes its results over one, even
+    with --overwrite)."""
     inputs = inputs or Inputs()
     written: dict = {}
     written_inodes: dict = {}
@@ -83,6 +99,9 @@ def check_outputs(outputs, inputs: Inputs | None = None) -> None:
         hit = inputs.what(real, inode)
         if hit:
             raise FlagError(f"{label} {path} would overwrite an input, {hit}: choose another output path")
+        if inode is not None and os.path.isfile(real) and is_torch_file(real):
+            raise FlagError(f"{label} {path} is a PyTorch checkpoint or training state: results are never written "
+                            "over one; choose another output path")
         other = written.get(real) or (written_inodes.get(inode) if inode is not None else None)
         if other:
             raise FlagError(f"{label} {path} and {other} would be written to the same file: choose another path "

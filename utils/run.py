@@ -311,8 +311,8 @@ class Run:
     def resume_state(self) -> dict | None:
         """The training state to continue from, or None for a fresh run. The flags are compared with those the
         state was saved with (check_resume_args) first: changes are refused unless --allow_changes names them,
-        in which case they are recorded (resume_history in self.record and args_resume.json, the log) and
-        self.changes holds them for restore_training_state."""
+        in which case they are recorded (resume_history in self.record; args_resume.json and the log by
+        record_resume, once the state is restored) and self.changes holds them for restore_training_state."""
         if self._state is not None:
             return self._state
         if self.record["load_epoch"] is not None:
@@ -340,13 +340,19 @@ class Run:
         started_from = {k: v for k, v in ((saved or {}).get("resolved_paths") or {}).items()
                         if k in STARTUP_ONLY and record.get(k) == saved.get(k)}
         self.record = {**record, "resolved_paths": {**resolved_paths(record), **started_from}}
-        if self.dist.is_main:
-            atomic_write_text(self.dir / "args_resume.json", _args_json(self.record))
-            if self.changes:
-                self.log("resuming with changed flags (--allow_changes): " + ", ".join(
-                    f"{k} {a} -> {b}" for k, (a, b) in self.changes.items()) + f", from epoch {epoch + 1} on")
+        self._resumed_epoch = epoch
         self._state = state
         return state
+
+    def record_resume(self) -> None:
+        """Write args_resume.json (and log the changed flags) once the state has been restored: a resume
+        refused on the way (another kind of model, say) leaves the run's records as they were."""
+        if self._state is None or not self.dist.is_main:
+            return
+        atomic_write_text(self.dir / "args_resume.json", _args_json(self.record))
+        if self.changes:
+            self.log("resuming with changed flags (--allow_changes): " + ", ".join(
+                f"{k} {a} -> {b}" for k, (a, b) in self.changes.items()) + f", from epoch {self._resumed_epoch + 1} on")
 
     def _started_args(self) -> dict | None:
         try:

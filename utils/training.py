@@ -375,6 +375,7 @@ def _resume(run, fields: dict, model, optimizer, scheduler, amp, config: TrainCo
     start_epoch, step = restore_training_state(state, model, optimizer, scheduler, config, run.changes)
     if amp.scaler is not None and state.get("grad_scaler"):
         amp.scaler.load_state_dict(state["grad_scaler"])
+    run.record_resume()
     run.log(f"resumed from epoch {start_epoch - 1} (step {step})")
     return start_epoch, step
 
