@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import utils.threads  # noqa: F401  (first: OpenMP's wait policy, before torch loads)
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -66,17 +67,19 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def check_args(args) -> None:
+def check_args(args) -> list[str]:
+    """The sources to probe (--sources, or the default for the flags given); one FlagError for a bad mix."""
     check_flags(args)
     problems = []
-    if args.sources is None:
-        args.sources = ["stored", "oracle"] + (["hypercut"] if args.hypercut_path else [])
-    if "hypercut" in args.sources and not args.hypercut_path:
+    sources = args.sources if args.sources is not None else (
+        ["stored", "oracle"] + (["hypercut"] if args.hypercut_path else []))
+    if "hypercut" in sources and not args.hypercut_path:
         problems.append("--sources hypercut needs --hypercut_path")
-    if args.hypercut_path and "hypercut" not in args.sources:
+    if args.hypercut_path and "hypercut" not in sources:
         problems.append("--hypercut_path given but 'hypercut' is not in --sources")
     if problems:
         raise FlagError("; ".join(problems))
+    return sources
 
 
 def source_label(path: str, paths: list) -> str:
@@ -173,7 +176,7 @@ def report(result: dict) -> str:
 
 
 def main_body(args) -> None:
-    check_args(args)
+    args = argparse.Namespace(**{**vars(args), "sources": check_args(args)})  # the parsed flags stay as given
     inputs = dataset_inputs(args.metadata_root, data_root=args.data_root)
     for path in args.hypercut_path:
         inputs.add_checkpoint("--hypercut_path", path)

@@ -14,6 +14,7 @@ against a loop of one pair at a time (the authors' test loop), and SSIM against 
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import importlib
@@ -583,16 +584,17 @@ def build_parser() -> ArgumentParser:
 
 def main(argv=None) -> int:
     p = build_parser()
-    args = p.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    flags = p.parse_args(argv)
+    # the settings: the parsed flags with the command line and the automatic repeats filled in (a new Namespace)
+    args = argparse.Namespace(**vars(flags), argv=list(sys.argv[1:] if argv is None else argv))
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda, but torch sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.repeats is None:
-        args.repeats = 3 if args.quick else (10 if device.type == "cuda" else 5)
+    if flags.repeats is None:
+        args.repeats = 3 if flags.quick else (10 if device.type == "cuda" else 5)
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # as the training scripts do
     cases = CASES if args.cases is None else [c for c in CASES if c.name in args.cases]

@@ -25,6 +25,7 @@ done and resumes stopped trainings from their last epoch. Data and checkpoints l
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -505,27 +506,33 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def resolved_settings(flags: argparse.Namespace, cuda_available: bool) -> argparse.Namespace:
+    """The flags with every automatic value filled in, as a new Namespace (the parsed one stays as given)."""
+    s = argparse.Namespace(**vars(flags))
+    s.device = flags.device or ("cuda" if cuda_available else "cpu")
+    cuda = s.device.startswith("cuda")
+    s.jobs = flags.jobs or (8 if cuda else 2)
+    # one loader worker each: on the H100 run 11 trainings with 2 workers each oversubscribed 16 cores
+    s.num_workers = flags.num_workers if flags.num_workers is not None else (0 if flags.tiny else 1)
+    s.threads = flags.threads or (1 if flags.tiny or not cuda else 2)
+    s.data_workers = flags.data_workers or max(1, min(16, os.cpu_count() or 1))
+    s.ablations = (not flags.tiny) if flags.ablations is None else flags.ablations
+    never = float("inf")
+    # one device call of under 10 minutes by default; with the wide budget, long enough for a run started at
+    # the launch deadline to train its --minutes, validate and be evaluated
+    s.launch_deadline = flags.launch_deadline or (never if flags.tiny else 300.0)
+    wide_end = s.launch_deadline + 60.0 * flags.minutes + 120.0 if "wide" in flags.budgets else 0.0
+    s.deadline = flags.deadline or (never if flags.tiny else max(340.0, wide_end))
+    return s
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)  # the flags' ranges are checked here
     if not args.out:
         print("error: give --out or set ORDER_MATRIX_OUT", file=sys.stderr)
         return 2
     import torch
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    cuda = args.device.startswith("cuda")
-    args.jobs = args.jobs or (8 if cuda else 2)
-    # one loader worker each: on the H100 run 11 trainings with 2 workers each oversubscribed 16 cores
-    args.num_workers = args.num_workers if args.num_workers is not None else (0 if args.tiny else 1)
-    args.threads = args.threads or (1 if args.tiny or not cuda else 2)
-    args.data_workers = args.data_workers or max(1, min(16, os.cpu_count() or 1))
-    args.ablations = (not args.tiny) if args.ablations is None else args.ablations
-    never = float("inf")
-    # one device call of under 10 minutes by default; with the wide budget, long enough for a run started at
-    # the launch deadline to train its --minutes, validate and be evaluated
-    args.launch_deadline = args.launch_deadline or (never if args.tiny else 300.0)
-    wide_end = args.launch_deadline + 60.0 * args.minutes + 120.0 if "wide" in args.budgets else 0.0
-    args.deadline = args.deadline or (never if args.tiny else max(340.0, wide_end))
+    args = resolved_settings(args, torch.cuda.is_available())
     out = Path(args.out).resolve()
     work = Path(args.work or REPO / ("runs/order_matrix_tiny" if args.tiny else "runs/order_matrix")).resolve()
     out.mkdir(parents=True, exist_ok=True)
