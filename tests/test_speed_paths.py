@@ -128,6 +128,34 @@ def test_block_statistics_once_equal_two_norms(make):
         assert rel_err(block(x).detach(), _plain_block(block, x).detach()) < tol
 
 
+@pytest.mark.parametrize("hw", [(8, 8), (5, 8), (9, 9)])
+def test_dilation_past_the_image_is_a_centre_tap_convolution(hw):
+    """A dilation at least the image's size (8x8 trunks of 40x40 crops) runs as a 1x1 convolution: the same
+    outputs and gradients as the padded 3x3 convolution. 9x9 keeps the full convolution (one tap row valid)."""
+    torch.manual_seed(0)
+    block = ResBlock(6, (8, 2)).double()
+    _random_affines(block)
+    x = (torch.randn(3, 6, *hw, dtype=torch.float64) * 2 + 1).requires_grad_()
+    w = torch.randn(3, 6, *hw, dtype=torch.float64)
+
+    def grads(fn):
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+        out = fn(block, x)
+        (out * w).sum().backward()
+        return out.detach(), x.grad.clone(), {k: p.grad.clone() for k, p in block.named_parameters()}
+
+    out, gx, gp = grads(lambda b, t: b(t))
+    ref, rx, rp = grads(_plain_block)
+    assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12) and torch.allclose(gx, rx, rtol=1e-12, atol=1e-12)
+    for k in rp:
+        assert torch.allclose(gp[k], rp[k], rtol=1e-12, atol=1e-12), k
+    # the off-centre taps of the dilation-8 convolution get no gradient: they only ever read the padding
+    off_centre = gp["conv2.weight"].clone()
+    off_centre[:, :, 1, 1] = 0
+    assert bool((off_centre == 0).all()) == (max(hw) <= 8)
+
+
 def test_shared_statistics_outputs_and_gradients():
     norm_a, norm_b = torch.nn.InstanceNorm2d(4, affine=True), torch.nn.InstanceNorm2d(4, affine=True)
     norms = torch.nn.ModuleDict({"norma": norm_a, "normb": norm_b})

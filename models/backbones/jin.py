@@ -65,6 +65,17 @@ def _shared_norm_relu(x: torch.Tensor, norm_a: nn.InstanceNorm2d, norm_b: nn.Ins
     return out
 
 
+def _dilated(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) for a 3x3 convolution with zero padding equal to its dilation. When the dilation is at least
+    the image's height and width (small training crops: an 8x8 trunk meets dilation 8), every off-centre tap
+    reads the padding, so the convolution is a 1x1 one with the centre tap: the same output and gradients
+    (the off-centre taps' gradients are zero either way), about 5x less work for that layer on a CPU."""
+    d = conv.dilation[0]
+    if d > 1 and conv.kernel_size == (3, 3) and d >= x.shape[-1] and d >= x.shape[-2]:
+        return F.conv2d(x, conv.weight[:, :, 1:2, 1:2])
+    return conv(x)
+
+
 class ResBlock(nn.Module):
     """x + [norm, ReLU, conv1x1](x) + [norm, ReLU, conv3x3, norm, ReLU, conv3x3](x), pre-activation."""
 
@@ -79,7 +90,7 @@ class ResBlock(nn.Module):
 
     def forward(self, x):
         a, b = _norm_relu_pair(x, self.norm1, self.norm2)
-        y = self.conv4(self.norm4(self.conv2(b)).relu_())
+        y = _dilated(self.conv4, self.norm4(_dilated(self.conv2, b)).relu_())
         # in place on a conv output: its backward needs the conv's input and weight, not the output
         return y.add_(self.conv1(a)).add_(x)
 
