@@ -48,10 +48,10 @@ SETTINGS = {
         "hypercut_ext": recipe("hypercut_ext") + ["--crop_size", "60", "--subcrop_size", "40", "--subcrops", "4",
                                                   "--epochs", "2", "--val_epoch", "2"],
         "hypercut_ext_epochs": 2,
-        "jin": recipe("jin_demo") + ["--crop_size", "40", "--batch_size", "8", "--epochs", "8", "--decay_type",
-                                     "step_7", "--gamma", "0.3", "--val_epoch", "8", "--display_step", "125",
+        "jin": recipe("jin_demo") + ["--crop_size", "40", "--batch_size", "8", "--epochs", "7", "--decay_type",
+                                     "step_6", "--gamma", "0.3", "--val_epoch", "7", "--display_step", "125",
                                      "--center_path", CENTRE],
-        "jin_epochs": 8,
+        "jin_epochs": 7,
         "runs": RUNS, "purohit": None, "figures": [0, 1, 2],
     },
     "quick": {
@@ -103,7 +103,7 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(
         description="The whole pipeline on the dead-leaves world: data, both HyperCUTs, their orders, a narrow Jin per "
                     "order, evaluation; writes runs/demo/summary.md. Run it again to continue.",
-        epilog="examples:\n  python run_demo.py              # 33-37 min on 2 CPU cores\n"
+        epilog="examples:\n  python run_demo.py              # about 27 min on 2 CPU cores\n"
                "  python run_demo.py --quick      # every stage on a tiny dataset, a few minutes\n"
                "  python run_demo.py --config gpu --device cuda --num_workers 8")
     p.add_argument("--quick", action="store_true", help="tiny dataset and runs: every stage in a few minutes")
