@@ -95,6 +95,8 @@ def test_purohit_learns_every_frame_with_the_oracle_order(data):
     blur, frames = data
     torch.manual_seed(0)
     model = PurohitBackbone(width_mult=0.25)
-    gains = gains_over_blur(overfit(model, blur, frames, steps=200, multiscale=True), blur, frames)
-    assert gains["frame_4"] > 5.0, gains  # measured 11.8 dB
-    assert gains["frames_1_7"] > 1.0, gains  # measured 1.6 dB: the warps of the centre are learned more slowly
+    # lr 1e-3: at 3e-3 the outer frames may lock below the blur or not, depending on float rounding alone
+    # (the same function computed two exact ways: +1.6 dB one way, -2.2 dB the other, on one machine)
+    gains = gains_over_blur(overfit(model, blur, frames, steps=200, lr=1e-3, multiscale=True), blur, frames)
+    assert gains["frame_4"] > 5.0, gains  # measured 11.5 dB
+    assert gains["frames_1_7"] > 1.0, gains  # measured 1.9 dB: the warps of the centre are learned more slowly
