@@ -51,7 +51,7 @@ from models import BACKBONES, backbone_checkpoint_fields, build_backbone, float_
 from models.hypercut import hit_con, load_hypercut
 from utils.checkpoint import CheckpointError, state_dict_mismatch
 from utils.cli import (ArgumentParser, above, add_data_args, add_runtime_args, add_train_args, at_least, check_flags,
-                       run_main)
+                       loader_workers, run_main)
 from utils.distributed import cleanup_process, setup_process
 from utils.errors import FlagError
 from utils.evaluation import evaluate, make_eval_loader
@@ -72,7 +72,7 @@ def build_parser() -> ArgumentParser:
                "# then --stage 2 --stage1_path ...\n"
                "  torchrun --nproc_per_node 4 train_blur2vid.py --metadata_root data/reds     # one process per GPU")
     add_data_args(parser, limits=("train", "val"))
-    add_runtime_args(parser, batch_size=8)
+    add_runtime_args(parser, batch_size=8, num_workers="auto")
     add_train_args(parser, epochs=100, lr=5e-4, crop_size=256, val_epoch=5, display_step=500)
     add_speed_args(parser)
     g = parser.add_argument_group("deblurring")
@@ -239,9 +239,10 @@ def _train(args, device, dist_info) -> dict:
                          **options).to(device)
     # after every check of the flags and the data
     exp_name = args.exp_name or blur2vid_run_name(args.backbone, "stage1" if stage1 else args.loss_type, data_name)
-    config = TrainConfig.from_args(args, dataset_name=data_name, exp_name=exp_name, trained_crop=trained_crop)
+    config = TrainConfig.from_args(args, dataset_name=data_name, exp_name=exp_name, trained_crop=trained_crop,
+                                   num_workers=loader_workers(args.num_workers))
     run = Run(config.flags, dist_info, inputs=dataset_inputs(args.metadata_root, data_root=args.data_root))
-    val_loader = make_eval_loader(val_set, args.batch_size, args.num_workers, device, dist_info)
+    val_loader = make_eval_loader(val_set, args.batch_size, config.num_workers, device, dist_info)
     last = {}
 
     def forward(net, blur, gt):

@@ -52,7 +52,7 @@ from models.hypercut import (F_FUNCS, G_FUNCS, REFERENCE_SLOPE, HyperCUT, Orderi
                              hypercut_loss, load_hypercut, sequence_pairs)
 from utils.checkpoint import CheckpointError, state_dict_mismatch
 from utils.cli import (ArgumentParser, Range, add_data_args, add_runtime_args, add_train_args, at_least, check_flags,
-                       run_main)
+                       loader_workers, run_main)
 from utils.distributed import cleanup_process, setup_process
 from utils.errors import FlagError
 from utils.evaluation import hypercut_scores, make_eval_loader
@@ -70,7 +70,7 @@ def build_parser() -> ArgumentParser:
                "  python train_hypercut.py --metadata_root data/synthetic --exp_name hypercut_syn --resume\n"
                "  torchrun --nproc_per_node 4 train_hypercut.py --metadata_root data/reds     # one process per GPU")
     add_data_args(parser, limits=("train", "val"))
-    add_runtime_args(parser, batch_size=8)
+    add_runtime_args(parser, batch_size=8, num_workers="auto")
     add_train_args(parser, epochs=100, lr=5e-4, crop_size=256, val_epoch=5, display_step=100, images=False)
     add_speed_args(parser)
     g = parser.add_argument_group("HyperCUT")
@@ -158,9 +158,10 @@ def _train(args, device, dist_info) -> dict:
     if args.pretrained_path and not (args.resume or args.load_epoch is not None):
         load_pretrained(model, args.pretrained_path)
     exp_name = args.exp_name or hypercut_run_name(args.f_func, args.g_func, args.out_dim, data_name)
-    config = TrainConfig.from_args(args, dataset_name=data_name, exp_name=exp_name)
+    config = TrainConfig.from_args(args, dataset_name=data_name, exp_name=exp_name,
+                                   num_workers=loader_workers(args.num_workers))
     run = Run(config.flags, dist_info, inputs=dataset_inputs(args.metadata_root, data_root=args.data_root))
-    val_loader = make_eval_loader(val_set, args.batch_size, args.num_workers, device, dist_info)
+    val_loader = make_eval_loader(val_set, args.batch_size, config.num_workers, device, dist_info)
     last = {}
 
     objective = OrderingObjective(args.subcrop_size, args.subcrops, args.crop_consistency, args.seed)

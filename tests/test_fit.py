@@ -8,6 +8,7 @@ import torch
 from _cli import one_line_error
 
 import train_hypercut
+import utils.cli
 from utils.distributed import DistInfo
 from utils.training import Amp, NonFiniteLoss, NonFinitePolicy, amp_dtype
 from _tiny import synthetic_dataset
@@ -194,3 +195,32 @@ def test_time_limit_ends_the_run_within_a_step_and_resume_continues(data, tmp_pa
     assert "stopped in epoch" not in (run / "log.txt").read_text()  # a skipped state is not a stopped epoch
     assert sorted(p.name for p in (run / "models").glob("*.pth")) == ["0001.pth", "0004.pth"]
     assert torch.load(run / "training_states" / "latest.pth", weights_only=True)["epoch"] == 4
+
+
+@pytest.mark.parametrize("cores, per_machine, expected", [(2, None, 2), (16, None, 8), (1, None, 1), (16, "4", 4),
+                                                          (2, "4", 1), (12, "2", 6)])
+def test_auto_loader_workers(monkeypatch, cores, per_machine, expected):
+    """--num_workers auto: the reference's 8, bounded by this process's share of the cores, at least 1."""
+    monkeypatch.setattr(utils.cli, "usable_cores", lambda: cores)
+    if per_machine is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", per_machine)
+    assert utils.cli.loader_workers("auto") == expected
+    assert utils.cli.loader_workers(3) == 3 and utils.cli.loader_workers(0) == 0
+
+
+def test_auto_workers_are_resolved_and_recorded(data, tmp_path, monkeypatch, capsys):
+    """The training scripts default to auto; the run records the count it used, the parsed flags keep "auto";
+    a word other than auto or a count out of range is one line naming the flag."""
+    monkeypatch.setattr(utils.cli, "usable_cores", lambda: 1)
+    flags = argv(data, tmp_path, "auto", "--epochs", "1")
+    del flags[flags.index("--num_workers"):flags.index("--num_workers") + 2]
+    args = train_hypercut.build_parser().parse_args(flags)
+    assert args.num_workers == "auto"
+    train_hypercut.train(args)
+    assert args.num_workers == "auto"
+    assert json.loads((tmp_path / "auto" / "args.json").read_text())["num_workers"] == 1
+    for value, message in (("some", "invalid int value: 'some'"), ("300", "--num_workers must be <= 256")):
+        err = one_line_error(capsys, train_hypercut.main, argv(data, tmp_path, "bad", "--num_workers", value))
+        assert message in err, err

@@ -136,13 +136,45 @@ SEED = at_least(0, 2 ** 32 - 1)  # what numpy accepts
 
 # --- flag groups ----------------------------------------------------------------------------------
 
-def add_runtime_args(parser: argparse.ArgumentParser, *, batch_size: int | None, num_workers: int = 2) -> None:
-    """--device, and for scripts with a data loader (batch_size not None) --batch_size and --num_workers."""
+class AutoOr(Range):
+    """A Range that also takes the word "auto" (kept as the string; the script resolves it)."""
+
+    def __call__(self, text: str):
+        return "auto" if text == "auto" else super().__call__(text)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the system has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def loader_workers(value) -> int:
+    """--num_workers: an int as given; "auto" the reference's 8 bounded by this process's share of the cores
+    (torchrun's LOCAL_WORLD_SIZE processes per machine share them), at least 1."""
+    if value != "auto":
+        return int(value)
+    per_machine = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(8, usable_cores() // per_machine))
+
+
+def add_runtime_args(parser: argparse.ArgumentParser, *, batch_size: int | None, num_workers: int | str = 2) -> None:
+    """--device, and for scripts with a data loader (batch_size not None) --batch_size and --num_workers
+    (num_workers="auto": resolved by loader_workers)."""
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     if batch_size is not None:
         g.add_argument("--batch_size", type=at_least(1, 2 ** 31 - 1), default=batch_size, help="sequences per batch")
-        g.add_argument("--num_workers", type=at_least(0, 256), default=num_workers, help="data loader worker processes")
+        if num_workers == "auto":
+            g.add_argument("--num_workers", type=AutoOr(int, 0, 256), default="auto",
+                           help=f"data loader worker processes; auto: the reference's 8, bounded by the cores "
+                                f"(divided among torchrun's processes on a machine): {loader_workers('auto')} "
+                                f"here")
+        else:
+            g.add_argument("--num_workers", type=at_least(0, 256), default=num_workers,
+                           help="data loader worker processes")
 
 
 def add_data_args(parser: argparse.ArgumentParser, *, limits=("train", "val", "test"),
