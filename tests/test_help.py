@@ -90,7 +90,7 @@ def test_every_script_has_its_help_checked():
     assert {"lab.probe_order", "lab.shrink_figures", "lab.experiments.order_matrix", "lab.experiments.wide_report",
             "lab.experiments.backbone_table", "lab.experiments.ordering_figures", "lab.experiments.demo_matrix",
             "lab.experiments.learning_curves", "lab.benchmarks.bench", "lab.benchmarks.check_speed",
-            "lab.benchmarks.loader_throughput", "lab.benchmarks.metrics_speed"} == set(LAB_SCRIPTS)
+            "lab.benchmarks.loader_throughput", "lab.benchmarks.metrics_speed", "lab.benchmarks.authors_epoch"} == set(LAB_SCRIPTS)
 
 
 @pytest.mark.parametrize("command", [["prepare_dataset.py", "frames"], ["-m", "lab.experiments.order_matrix"]])
