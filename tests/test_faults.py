@@ -362,10 +362,15 @@ def test_sigterm_to_a_training_is_one_line_and_its_state_resumes(data, tmp_path)
     argv = hc_argv(data, tmp_path / "ck", "t", "--epochs", "1000", "--val_epoch", "1000")
     proc = subprocess.Popen([sys.executable, "train_hypercut.py", *argv],
                             cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = run / "training_states" / "latest.pth"
+
+    def epoch_3_saved() -> bool:  # its log line comes before its state: wait for the state itself
+        return ((run / "log.txt").exists() and "epoch 3/" in (run / "log.txt").read_text()
+                and state.exists() and load_checkpoint(state)["epoch"] >= 3)  # written whole, then renamed
+
     try:
         deadline = time.time() + 240
-        while proc.poll() is None and time.time() < deadline and \
-                not ((run / "log.txt").exists() and "epoch 3/" in (run / "log.txt").read_text()):
+        while proc.poll() is None and time.time() < deadline and not epoch_3_saved():
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
@@ -374,7 +379,8 @@ def test_sigterm_to_a_training_is_one_line_and_its_state_resumes(data, tmp_path)
             proc.kill()
     assert proc.returncode == 143, err
     assert err.strip().startswith("error: terminated (SIGTERM); continue with --resume") and err.count("\n") == 1, err
-    assert load_checkpoint(run / "training_states" / "latest.pth")["epoch"] >= 3 and not (run / ".lock").exists()
+    # the state the signal found (or the next one, written whole) is kept; the run folder is let go
+    assert load_checkpoint(state)["epoch"] >= 3 and not (run / ".lock").exists()
 
 
 # --- 2. one writer per output -----------------------------------------------------------------------------
